@@ -1,0 +1,113 @@
+"""Start-up checks: every bad input becomes one line naming the key, the value and what is allowed.
+
+:func:`precheck_command_line` reads the command line exactly as Hydra will
+(Hydra's own argument parser and override grammar), expands a ``-m`` sweep into
+its jobs, composes each one and runs every check on it *before* Hydra starts,
+so a typo costs one line and creates no output directory.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from initopt.config import ConfigError, validate
+from initopt.data import check_available, expected_train_size
+
+CONFIG_MODULE = "initopt.conf"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", name, "CUDA is not available here; use cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError("device", name, "one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def check_runnable(cfg: DictConfig, n_train: int) -> None:
+    """Checks that need the data's size: a batch can be at most the whole training set."""
+    if cfg.batch_size > n_train:
+        raise ConfigError(
+            "batch_size", cfg.batch_size,
+            f"at most the training-set size {n_train} (equal to it = full-batch gradient descent)",
+        )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no data loaded: schema ranges, device, data files, batch size."""
+    validate(cfg)
+    resolve_device(cfg.device)
+    check_available(cfg.data)
+    check_runnable(cfg, expected_train_size(cfg.data))
+
+
+# ---------------------------------------------------------------------------- errors
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _omegaconf_cause(err: BaseException):
+    from omegaconf.errors import OmegaConfBaseException
+
+    while err is not None:
+        if isinstance(err, OmegaConfBaseException):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def user_error_line(err: BaseException) -> str:
+    """One line for a user: what key, what value, what is allowed."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, ConfigError):
+        return str(err)
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        allowed = ", ".join(sorted(o for o in err.options if not o.endswith("_schema")))
+        return f"{group}={option} is not allowed: unknown option for '{group}'; one of {allowed}"
+    cause = _omegaconf_cause(err)
+    if cause is not None and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {_first_line(cause)}"
+    return _first_line(err)
+
+
+# ---------------------------------------------------------------------- command line
+def _job_override_lists(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job Hydra would launch (BasicSweeper's expansion)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def compose_job(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose one job's config the way Hydra will, without Hydra's own keys."""
+    from hydra import compose, initialize_config_module
+
+    task_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name=config_name, overrides=task_overrides)
+
+
+def precheck_command_line(argv: list[str]) -> None:
+    """Raise on the first job of the command line that Hydra would fail or that a check rejects."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+        return
+    if args.config_path or args.config_dir:  # another search path: leave it all to Hydra
+        return
+    config_name = args.config_name or "train"
+    jobs = _job_override_lists(args.overrides, args.multirun)
+    for job in jobs:
+        check_config(compose_job(job, config_name))

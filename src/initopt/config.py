@@ -1,0 +1,255 @@
+"""Structured configs: one dataclass per config-group option, plus range checks.
+
+Hydra checks key names and types against these schemas while it composes a run
+(a typo'd key or ``steps=abc`` fails there). Ranges are checked by
+:func:`validate`, because ``__post_init__`` does not run on composed configs.
+Every failure is a :class:`ConfigError` whose one-line message names the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error with a one-line message."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "relu"
+    bias: bool = True
+
+
+# ------------------------------------------------------------------------------ init
+@dataclass
+class ZeroInitConfig:
+    name: str = "zero"
+    bias_std: float = 0.0
+
+
+@dataclass
+class NormalInitConfig:
+    name: str = "normal"
+    std: float = 0.01
+    bias_std: float = 0.0
+
+
+@dataclass
+class XavierInitConfig:
+    name: str = "xavier"
+    distribution: str = "normal"
+    gain: float = 1.0
+    bias_std: float = 0.0
+
+
+@dataclass
+class HeInitConfig:
+    name: str = "he"
+    distribution: str = "normal"
+    mode: str = "fan_in"
+    nonlinearity: str = "relu"
+    bias_std: float = 0.0
+
+
+# ----------------------------------------------------------------------------- optim
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 0.0
+
+
+@dataclass
+class MomentumConfig:
+    """Both momentum forms, parametrised by the homework's beta (weight of the new gradient).
+
+    ``form=ema``        z <- (1-beta) z + beta g;  w <- w - lr z      (homework eq. 6, z0 = 0)
+    ``form=heavy_ball`` b <- (1-beta) b + g;       w <- w - lr b      (torch.optim.SGD momentum)
+    """
+
+    name: str = "momentum"
+    lr: float = 0.1
+    beta: float = 0.1
+    form: str = "ema"
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    fused: bool = True
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class DataConfig:
+    name: str = "moons"
+    n_samples: int = 1000
+    noise: float = 0.2
+    factor: float = 0.5
+    test_fraction: float = 0.25
+    root: str = "data"
+    download: bool = False
+    preprocess: str = "none"
+    limit_train: int = 0
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------- run
+@dataclass
+class TrainConfig:
+    model: Any = MISSING
+    init: Any = MISSING
+    optim: Any = MISSING
+    data: Any = MISSING
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    steps: int = 1000
+    batch_size: int = 64
+    log_every: int = 1
+    eval_every: int = 100
+    flush_every: int = 100
+    progress: bool = True
+
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "gelu", "identity")
+INIT_DISTRIBUTIONS = ("normal", "uniform")
+FAN_MODES = ("fan_in", "fan_out")
+NONLINEARITIES = ("relu", "leaky_relu", "tanh", "sigmoid", "linear", "selu")
+MOMENTUM_FORMS = ("ema", "heavy_ball")
+DATASETS = ("moons", "circles", "digits", "fashion_mnist", "mnist", "cifar10")
+PREPROCESS = ("none", "scale", "center", "standardize")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+GROUP_SCHEMAS = {
+    "model": {"mlp_schema": MLPConfig},
+    "init": {
+        "zero_schema": ZeroInitConfig,
+        "normal_schema": NormalInitConfig,
+        "xavier_schema": XavierInitConfig,
+        "he_schema": HeInitConfig,
+    },
+    "optim": {"sgd_schema": SGDConfig, "momentum_schema": MomentumConfig, "adam_schema": AdamConfig},
+    "data": {"data_schema": DataConfig},
+}
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore; the YAML files extend them by name."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=name, node=node)
+
+
+# ---------------------------------------------------------------------------- checks
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, "one of " + ", ".join(allowed))
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, value, "must be > 0")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(key, value, "must be >= 0")
+
+
+def _in_open_closed(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo < value <= hi:
+        raise ConfigError(key, value, f"must be in ({lo}, {hi}]")
+
+
+def _validate_model(m: DictConfig) -> None:
+    hidden = list(m.hidden)
+    if not hidden or any(h <= 0 for h in hidden):
+        raise ConfigError("model.hidden", hidden, "a non-empty list of positive layer widths")
+    _one_of("model.activation", m.activation, ACTIVATIONS)
+
+
+def _validate_init(i: DictConfig) -> None:
+    _non_negative("init.bias_std", i.bias_std)
+    if i.name == "normal":
+        _non_negative("init.std", i.std)
+    if i.name in ("xavier", "he"):
+        _one_of("init.distribution", i.distribution, INIT_DISTRIBUTIONS)
+    if i.name == "xavier":
+        _positive("init.gain", i.gain)
+    if i.name == "he":
+        _one_of("init.mode", i.mode, FAN_MODES)
+        _one_of("init.nonlinearity", i.nonlinearity, NONLINEARITIES)
+
+
+def _validate_optim(o: DictConfig) -> None:
+    _positive("optim.lr", o.lr)
+    _non_negative("optim.weight_decay", o.weight_decay)
+    if o.name == "momentum":
+        _in_open_closed("optim.beta", o.beta, 0.0, 1.0)
+        _one_of("optim.form", o.form, MOMENTUM_FORMS)
+    if o.name == "adam":
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= o[key] < 1.0:
+                raise ConfigError(f"optim.{key}", o[key], "must be in [0, 1)")
+        _positive("optim.eps", o.eps)
+
+
+def _validate_data(d: DictConfig) -> None:
+    _one_of("data.name", d.name, DATASETS)
+    _one_of("data.preprocess", d.preprocess, PREPROCESS)
+    if d.name in ("moons", "circles"):
+        if d.n_samples < 4:
+            raise ConfigError("data.n_samples", d.n_samples, "must be >= 4")
+        _non_negative("data.noise", d.noise)
+    if d.name == "circles" and not 0.0 < d.factor < 1.0:
+        raise ConfigError("data.factor", d.factor, "must be in (0, 1)")
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError("data.test_fraction", d.test_fraction, "must be in (0, 1)")
+    _non_negative("data.limit_train", d.limit_train)
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """``+key=value`` adds keys that Hydra's struct mode lets through and nothing would read."""
+    for node_key in (None, "model", "init", "optim", "data"):
+        node = cfg if node_key is None else cfg[node_key]
+        fields = getattr(OmegaConf.get_type(node), "__dataclass_fields__", None)
+        for key in node.keys() if fields else ():
+            if key not in fields:
+                full = key if node_key is None else f"{node_key}.{key}"
+                raise ConfigError(full, node[key], "not a config key; allowed: " + ", ".join(fields))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every key and range a schema cannot express; raise :class:`ConfigError` on the first."""
+    _check_known_keys(cfg)
+    _validate_model(cfg.model)
+    _validate_init(cfg.init)
+    _validate_optim(cfg.optim)
+    _validate_data(cfg.data)
+    _one_of("device", cfg.device, DEVICES)
+    _one_of("dtype", cfg.dtype, DTYPES)
+    for key in ("steps", "batch_size", "log_every", "eval_every", "flush_every"):
+        _positive(key, cfg[key])

@@ -1,0 +1,143 @@
+"""The training loop: step, record, evaluate, stop on divergence.
+
+One step is: take a batch, loss = L(f(x), y), backward, record the gradient
+norms (on the device, no sync), optimizer step. Every ``flush_every`` steps the
+records go to the host once: they are checked for non-finite values and written
+to TensorBoard. Every ``eval_every`` steps (and at the end) the whole training
+and held-out sets are evaluated.
+
+L is ``BCEWithLogits`` for two classes (one logit) and cross-entropy otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from initopt.data import BatchSampler, Dataset
+from initopt.probes import StepRecorder
+from initopt.tb import RunLogger
+
+
+def loss_function(num_classes: int):
+    """mean BCE-with-logits on one logit for two classes, mean cross-entropy on C logits otherwise."""
+    if num_classes == 2:
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
+    return F.cross_entropy
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction correct: sign of the logit for two classes, arg-max of the logits otherwise."""
+    if logits.shape[-1] == 1:
+        predicted = (logits.squeeze(-1) > 0).to(y.dtype)
+    else:
+        predicted = logits.argmax(-1)
+    return (predicted == y).float().mean()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, loss_fn) -> dict[str, float]:
+    """Loss and accuracy on the whole training and held-out sets (one host sync)."""
+    was_training = model.training
+    model.eval()
+    values = []
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        logits = model(x)
+        values += [loss_fn(logits, y), accuracy(logits, y)]
+    model.train(was_training)
+    train_loss, train_acc, test_loss, test_acc = torch.stack(values).tolist()
+    return {
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+    }
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    batch_size: int
+    seed: int
+    log_every: int = 1  # 0 = no per-step records
+    eval_every: int = 100
+    flush_every: int = 100
+
+
+@dataclass
+class FitResult:
+    status: str  # "ok" | "diverged"
+    steps_done: int
+    diverged_step: int | None
+    final: dict[str, float]
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps_done / self.wall_time_s if self.wall_time_s > 0 else float("nan")
+
+
+def _is_finite(metrics: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in metrics.values())
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    settings: LoopSettings,
+    logger: RunLogger | None = None,
+    progress=None,
+) -> FitResult:
+    """Train for ``settings.steps`` optimizer steps; stop early on a non-finite loss or gradient."""
+    device = data.x_train.device
+    loss_fn = loss_function(data.num_classes)
+    sampler = BatchSampler(len(data.x_train), settings.batch_size, settings.seed, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    recorder = StepRecorder(params, settings.flush_every, device) if settings.log_every else None
+    history: list[tuple[int, dict[str, float]]] = []
+    diverged_step: int | None = None
+    step = 0
+    start = time.perf_counter()
+    model.train()
+    for step in range(1, settings.steps + 1):
+        idx = sampler.next_indices()
+        x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if recorder is not None and step % settings.log_every == 0:
+            recorder.record(step, loss, time.time())
+        optimizer.step()
+
+        last = step == settings.steps
+        if recorder is not None and (recorder.full or last or step % settings.flush_every == 0):
+            records = recorder.drain()
+            diverged_step = records.first_non_finite_step()
+            if logger is not None:
+                logger.write_steps(records)
+        if diverged_step is None and (step % settings.eval_every == 0 or last):
+            metrics = evaluate(model, data, loss_fn)
+            if _is_finite(metrics):
+                history.append((step, metrics))
+                if logger is not None:
+                    logger.write_eval(step, metrics)
+            else:
+                diverged_step = step
+        if progress is not None:
+            progress.update(1)
+        if diverged_step is not None:
+            break
+    wall = time.perf_counter() - start
+    status = "ok" if diverged_step is None else "diverged"
+    final = history[-1][1] if status == "ok" else {k: float("nan") for k in _METRIC_KEYS}
+    return FitResult(status, step, diverged_step, final, history, wall)
+
+
+_METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")

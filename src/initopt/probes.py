@@ -1,0 +1,85 @@
+"""Per-step statistics computed on the device and buffered there until a flush.
+
+Each recorded step stores one row ``[||g_1||_2, ..., ||g_P||_2, loss]`` in a
+preallocated device tensor: the L2 norm of every parameter tensor's gradient
+(weight and bias per layer) and the batch loss. Nothing is copied to the host
+until :meth:`StepRecorder.drain`, so recording costs no host-device sync.
+The summaries are derived at drain time on the host:
+
+* mean gradient norm (the homework's):  (1/P) sum_p ||g_p||_2
+* global gradient norm:                 sqrt(sum_p ||g_p||_2^2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def grad_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """L2 norm of each tensor, one fused kernel launch (``torch._foreach_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` uses) instead of one launch per tensor."""
+    return list(torch._foreach_norm(grads))
+
+
+@dataclass
+class StepRecords:
+    """What a drain hands to the logger: host arrays, one row per recorded step."""
+
+    steps: np.ndarray  # (n,) optimizer step numbers (1-based)
+    walltimes: np.ndarray  # (n,) seconds since the epoch
+    grad_norms: np.ndarray  # (n, P)
+    loss: np.ndarray  # (n,)
+
+    @property
+    def mean_grad_norm(self) -> np.ndarray:
+        return self.grad_norms.mean(axis=1)
+
+    @property
+    def global_grad_norm(self) -> np.ndarray:
+        return np.sqrt((self.grad_norms**2).sum(axis=1))
+
+    def first_non_finite_step(self) -> int | None:
+        bad = ~np.isfinite(self.loss) | ~np.isfinite(self.grad_norms).all(axis=1)
+        return int(self.steps[bad.argmax()]) if bad.any() else None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+class StepRecorder:
+    """Buffers ``capacity`` step rows on the device; :meth:`drain` empties it to the host."""
+
+    def __init__(self, params: list[torch.nn.Parameter], capacity: int, device: torch.device):
+        self.params = params
+        self.capacity = capacity
+        dtype = params[0].dtype
+        self._rows = torch.zeros(capacity, len(params) + 1, device=device, dtype=dtype)
+        self._steps: list[int] = []
+        self._times: list[float] = []
+
+    def record(self, step: int, loss: torch.Tensor, walltime: float) -> None:
+        """Store this step's gradient norms and loss (call after backward, before the step)."""
+        row = self._rows[len(self._steps)]
+        norms = grad_norms([p.grad for p in self.params])
+        norms.append(loss.detach())
+        torch.stack(norms, out=row)
+        self._steps.append(step)
+        self._times.append(walltime)
+
+    @property
+    def full(self) -> bool:
+        return len(self._steps) == self.capacity
+
+    def drain(self) -> StepRecords:
+        n = len(self._steps)
+        rows = self._rows[:n].cpu().numpy().astype(np.float64)
+        records = StepRecords(
+            np.asarray(self._steps, dtype=np.int64), np.asarray(self._times),
+            rows[:, :-1], rows[:, -1],
+        )
+        self._steps.clear()
+        self._times.clear()
+        return records
