@@ -253,3 +253,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("dtype", cfg.dtype, DTYPES)
     for key in ("steps", "batch_size", "log_every", "eval_every", "flush_every"):
         _positive(key, cfg[key])
+
+
+# The YAML files extend these schemas by name: register them whenever configs may be composed.
+register_schemas()

@@ -119,7 +119,10 @@ def _torchvision_root_for_idx(found: Path, cls: str) -> Path:
         (found / f).exists() for f in MNIST_FILES
     ):
         return found.parent.parent
-    cache_root = CACHE_DIR / "datasets" / hashlib.sha1(str(found.resolve()).encode()).hexdigest()[:12]
+    stamp = [str(found.resolve())] + [
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(found.iterdir())
+    ]
+    cache_root = CACHE_DIR / "datasets" / hashlib.sha1("|".join(stamp).encode()).hexdigest()[:16]
     raw = cache_root / cls / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for f in MNIST_FILES:
@@ -180,18 +183,18 @@ def _load_torchvision(cfg: DictConfig) -> tuple[torch.Tensor, ...]:
     check_available(cfg)
     cls = TORCHVISION_CLASSES[cfg.name]
     found = _located_files(cfg)
-    if found is None:  # download=true: torchvision fetches into root
-        root = Path(cfg.root).expanduser()
-    elif cfg.name == "cifar10":
-        root = found
-    else:
-        root = _torchvision_root_for_idx(found, cls)
     try:
+        if found is None:  # download=true: torchvision fetches into root
+            root = Path(cfg.root).expanduser()
+        elif cfg.name == "cifar10":
+            root = found
+        else:
+            root = _torchvision_root_for_idx(found, cls)
         train = getattr(tvd, cls)(str(root), train=True, download=cfg.download)
         test = getattr(tvd, cls)(str(root), train=False, download=cfg.download)
-    except (OSError, RuntimeError) as err:  # offline download, corrupt files
+    except Exception as err:  # offline download, truncated or corrupt files
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError("data.root", cfg.root, f"could not load {cls}: {first_line}") from err
+        raise ConfigError("data.root", cfg.root, f"could not read {cls}: {first_line}") from err
     to_tensor = lambda d: torch.as_tensor(d.data).flatten(1)  # noqa: E731
     return to_tensor(train), torch.as_tensor(train.targets), to_tensor(test), torch.as_tensor(test.targets)
 

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from initopt.checks import check_runnable, resolve_device, user_error_line
-from initopt.config import register_schemas, validate
+from initopt.config import validate
 from initopt.data import load_dataset
 from initopt.init import initialize
 from initopt.loop import FitResult, LoopSettings, fit
@@ -27,7 +27,6 @@ from initopt.models import build_model, count_parameters
 from initopt.optim import build_optimizer
 from initopt.tb import RunLogger
 
-register_schemas()
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

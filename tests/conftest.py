@@ -1,0 +1,46 @@
+"""Shared helpers: run the real command line, compose the real configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path, module: str = "initopt.train", env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m <module> args...`` in ``cwd``, output captured."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def scalar_tags(job_dir: Path) -> dict[str, list]:
+    """Every scalar series in a run directory, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(job_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture
+def compose():
+    """Compose the packaged config with overrides, as Hydra does for a job."""
+    from initopt.checks import compose_job
+
+    return compose_job
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

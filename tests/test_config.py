@@ -1,0 +1,96 @@
+"""Every config combination composes; every bad input fails at start with one line."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import REPO, run_cli
+
+from initopt.checks import precheck_command_line, user_error_line
+from initopt.config import validate
+
+GROUPS = ("model", "init", "optim", "data")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def test_each_group_offers_what_the_homework_needs():
+    assert {"zero", "normal", "xavier", "he"} <= set(options("init"))
+    assert {"sgd", "momentum", "adam"} <= set(options("optim"))
+    assert {"moons", "circles", "digits", "fashion_mnist", "mnist", "cifar10"} <= set(options("data"))
+    assert {"mlp", "deep"} <= set(options("model"))
+
+
+def test_every_combination_composes_and_validates():
+    from hydra import compose, initialize_config_module
+
+    combos = list(itertools.product(*(options(g) for g in GROUPS)))
+    assert len(combos) >= 4 * 3 * 6
+    with initialize_config_module(config_module="initopt.conf", version_base="1.3"):
+        for combo in combos:
+            cfg = compose("train", overrides=[f"{g}={o}" for g, o in zip(GROUPS, combo)])
+            validate(cfg)
+            assert [cfg[g].name for g in ("init", "optim")] == [combo[1], combo[2]]
+
+
+def test_defaults_are_the_documented_ones(compose):
+    cfg = compose([])
+    assert (cfg.model.hidden, cfg.init.name, cfg.optim.name, cfg.optim.form, cfg.data.name) == (
+        [64, 64], "he", "momentum", "ema", "moons")
+    assert compose(["model=deep"]).model.hidden == [50] * 10
+
+
+# (override, words the one-line message must contain)
+BAD_INPUTS = [
+    (["init=kaiming"], ["init=kaiming", "he, normal, xavier, zero"]),
+    (["model.widht=3"], ["model.widht", "allowed", "hidden"]),
+    (["steps=abc"], ["steps", "abc", "Integer"]),
+    (["steps=0"], ["steps=0", "> 0"]),
+    (["optim.lr=-1"], ["optim.lr=-1.0", "> 0"]),
+    (["optim=momentum", "optim.beta=1.5"], ["optim.beta=1.5", "(0.0, 1.0]"]),
+    (["optim=momentum", "optim.beta=0"], ["optim.beta=0.0", "(0.0, 1.0]"]),
+    (["optim=momentum", "optim.form=nesterov"], ["optim.form", "ema, heavy_ball"]),
+    (["model.hidden=[]"], ["model.hidden=[]", "non-empty"]),
+    (["model.hidden=[8,-2]"], ["model.hidden", "positive"]),
+    (["model.activation=swish"], ["model.activation", "relu"]),
+    (["batch_size=0"], ["batch_size=0", "> 0"]),
+    (["batch_size=100000"], ["batch_size=100000", "750"]),
+    (["device=tpu"], ["device", "tpu", "auto, cpu, cuda"]),
+    (["+foo=1"], ["foo=1", "not a config key"]),
+    (["optim=sgd", "optim.beta=0.1"], ["optim.beta", "SGDConfig", "lr"]),
+    (["data=mnist", "data.root=/nonexistent"], ["data.root", "/nonexistent", "MNIST"]),
+]
+
+
+@pytest.mark.parametrize("overrides,words", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(overrides, words):
+    with pytest.raises(Exception) as info:
+        precheck_command_line(overrides)
+    line = user_error_line(info.value)
+    assert "\n" not in line
+    for word in words:
+        assert word in line
+
+
+def test_a_bad_value_inside_a_sweep_is_caught_before_any_job_runs():
+    with pytest.raises(Exception) as info:
+        precheck_command_line(["-m", "init=zero,kaiming", "optim=sgd,adam"])
+    assert "init=kaiming" in user_error_line(info.value)
+
+
+def test_bad_override_exits_non_zero_with_one_line_and_writes_nothing(tmp_path):
+    proc = run_cli("init=kaiming", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "init=kaiming" in proc.stderr and "he, normal, xavier, zero" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_files_fail_fast_with_where_to_put_them(tmp_path):
+    proc = run_cli("data=cifar10", f"data.root={tmp_path}/nothing", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "cifar10" in proc.stderr.lower() and "data.download=true" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
