@@ -27,7 +27,6 @@ from initopt.models import build_model, count_parameters
 from initopt.optim import build_optimizer
 from initopt.tb import RunLogger
 
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
