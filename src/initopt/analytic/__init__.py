@@ -1,0 +1,8 @@
+"""Closed forms for GD, momentum, instance noise and ridge, checked against torch autograd.
+
+* :mod:`~initopt.analytic.closed_form`: the formulas (pure math, numpy);
+* :mod:`~initopt.analytic.simulate`: the same problems run with autograd and the trainer's
+  optimizer factory;
+* :mod:`~initopt.analytic.claims`: the two side by side;
+* :mod:`~initopt.analytic.cli`: ``python -m initopt.analytic``.
+"""

@@ -1,0 +1,286 @@
+"""Closed forms for gradient descent, momentum, instance noise and ridge on least squares.
+
+Pure math (numpy, no autograd). Convention, as in the homework: losses carry **no 1/2**,
+so ``d/dw (y - s w)^2 = -2 s (y - s w)`` and ``d/dw ||Xw - y||^2 = 2 X^T (Xw - y)``.
+Where the homework's sample answers assume a 1/2 (or slip), the function says so and
+:mod:`initopt.analytic.claims` prints both values.
+
+Least squares decouples along the SVD ``X = U S V^T``: with ``x = V^T (w - w*)`` each
+coordinate ``x_i`` evolves alone, driven by its singular value ``s_i``.
+"""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+
+# ============================================================== gradient descent
+
+
+def gd_factor(eta: float, s: float) -> float:
+    """Error factor of GD on ``(y - s w)^2``: ``w_{t+1} - w* = (1 - 2 eta s^2)(w_t - w*)``, ``w* = y/s``."""
+    return 1.0 - 2.0 * eta * s * s
+
+
+def gd_trajectory(eta: float, s: float, y: float, steps: int, w0: float = 0.0) -> np.ndarray:
+    """``w_t = w* + (1 - 2 eta s^2)^t (w0 - w*)`` for t = 1..steps."""
+    w_star = y / s
+    t = np.arange(1, steps + 1)
+    return w_star + gd_factor(eta, s) ** t * (w0 - w_star)
+
+
+def gd_max_stable_eta(sigmas) -> float:
+    """GD is stable iff ``|1 - 2 eta s^2| < 1`` for every mode: ``0 < eta < 1 / s_max^2``.
+
+    (The homework's sample answer 1(a) gives ``1/(2 s^2)``: that is where the factor
+    reaches 0 (one-step convergence); beyond it the iterates oscillate but still converge.)
+    """
+    return 1.0 / max(sigmas) ** 2
+
+
+def gd_oscillation_eta(s: float) -> float:
+    """``eta = 1/(2 s^2)``: the factor ``1 - 2 eta s^2`` is 0; larger steps make it negative."""
+    return 1.0 / (2.0 * s * s)
+
+
+def gd_rate(eta: float, sigmas) -> float:
+    """Per-step contraction of the slowest mode: ``max_i |1 - 2 eta s_i^2|``."""
+    return max(abs(gd_factor(eta, s)) for s in sigmas)
+
+
+def gd_faster_mode(eta: float, sigmas) -> int:
+    """Index of the mode with the smallest ``|1 - 2 eta s_i^2|`` (it converges fastest at this step)."""
+    return int(np.argmin([abs(gd_factor(eta, s)) for s in sigmas]))
+
+
+def gd_optimal_eta(sigmas) -> float:
+    """Step minimising ``max_i |1 - 2 eta s_i^2|``: the two extreme modes balance,
+    ``1 - 2 eta s_min^2 = -(1 - 2 eta s_max^2)``, so ``eta* = 1 / (s_max^2 + s_min^2)``."""
+    return 1.0 / (max(sigmas) ** 2 + min(sigmas) ** 2)
+
+
+def gd_optimal_rate(sigmas) -> float:
+    """Rate at ``eta*``: ``(s_max^2 - s_min^2) / (s_max^2 + s_min^2)`` (= (k-1)/(k+1), k = s_max^2/s_min^2)."""
+    hi, lo = max(sigmas) ** 2, min(sigmas) ** 2
+    return (hi - lo) / (hi + lo)
+
+
+def iterations_to_tolerance(rate: float, eps: float) -> float:
+    """Smallest t with ``rate^t <= eps``: ``ceil(ln eps / ln rate)`` (inf if rate >= 1, 1 if rate = 0).
+
+    From ``w0 = 0`` the error is ``rate^t |w*|``, so this is how long GD takes to get
+    within a factor ``(1 - eps)`` of ``w*`` (the sample answer 1(b) omits the ceiling).
+    """
+    if rate >= 1.0:
+        return math.inf
+    if rate == 0.0:
+        return 1
+    return math.ceil(math.log(eps) / math.log(rate) - 1e-12)
+
+
+def least_squares_solution(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``w* = V S^-1 U^T y`` (minimum-norm least squares through the SVD)."""
+    return np.linalg.pinv(X) @ y
+
+
+def gd_least_squares_trajectory(X, y, eta: float, steps: int, w0=None) -> np.ndarray:
+    """GD on ``||Xw - y||^2`` through the SVD: ``w_t = w* + V diag((1 - 2 eta s_i^2)^t) V^T (w0 - w*)``
+    (directions outside the row space, s_i = 0, keep their initial value)."""
+    _, s, vt = np.linalg.svd(X, full_matrices=True)
+    s_full = np.zeros(vt.shape[0])
+    s_full[: len(s)] = s
+    w_star = least_squares_solution(X, y)
+    w0 = np.zeros(X.shape[1]) if w0 is None else np.asarray(w0, dtype=float)
+    x0 = vt @ (w0 - w_star)
+    t = np.arange(1, steps + 1)[:, None]
+    return w_star + ((1 - 2 * eta * s_full**2) ** t * x0) @ vt
+
+
+# ================================================================ momentum (EMA)
+
+
+def momentum_matrix(eta: float, beta: float, s: float) -> np.ndarray:
+    """Homework eq. (6) on ``||Xw - y||^2``: ``z <- (1-b) z + b g``, ``w <- w - eta z``, per mode s.
+
+    With ``a = V^T z``, ``x = V^T (w - w*)`` and ``g_i = 2 s^2 x_i``, the state ``(a, x)`` evolves by::
+
+        R = [[ 1 - b,            2 b s^2       ],
+             [ -eta (1 - b),     1 - 2 eta b s^2]]
+
+    ``det R = 1 - b`` and ``tr R = 2 - b - 2 eta b s^2``.
+    """
+    b, s2 = beta, s * s
+    return np.array([[1 - b, 2 * b * s2], [-eta * (1 - b), 1 - 2 * eta * b * s2]])
+
+
+def momentum_discriminant(eta: float, beta: float, s: float) -> float:
+    """``tr^2 - 4 det = b^2 (1 + 2 eta s^2)^2 - 8 eta b s^2``
+    (= the sample answer's ``b^2 (2 eta s^2 - 1)^2 - 8 eta (1-b) b s^2``, expanded the same)."""
+    return beta**2 * (1 + 2 * eta * s * s) ** 2 - 8 * eta * beta * s * s
+
+
+def momentum_eigenvalues(eta: float, beta: float, s: float) -> tuple[complex, complex]:
+    """``(tr +- sqrt(tr^2 - 4 det)) / 2`` with ``tr = 2 - b - 2 eta b s^2``, ``det = 1 - b``."""
+    tr = 2 - beta - 2 * eta * beta * s * s
+    root = complex(momentum_discriminant(eta, beta, s)) ** 0.5
+    return (tr + root) / 2, (tr - root) / 2
+
+
+def momentum_eigen_kind(eta: float, beta: float, s: float, tol: float = 1e-12) -> str:
+    """``complex`` (discriminant < 0), ``repeated`` (= 0) or ``real`` (> 0)."""
+    d = momentum_discriminant(eta, beta, s)
+    scale = beta**2 * (1 + 2 * eta * s * s) ** 2
+    if abs(d) <= tol * max(scale, 1.0):
+        return "repeated"
+    return "complex" if d < 0 else "real"
+
+
+def momentum_complex_eta_range(beta: float, s: float) -> tuple[float, float]:
+    """Eigenvalues are complex (modulus ``sqrt(1-b)``) iff ``|tr| < 2 sqrt(1-b)``, i.e. for eta strictly in
+    ``((1 - sqrt(1-b))^2 / (2 b s^2), (1 + sqrt(1-b))^2 / (2 b s^2))``; repeated at both ends."""
+    r = math.sqrt(1 - beta)
+    return (1 - r) ** 2 / (2 * beta * s * s), (1 + r) ** 2 / (2 * beta * s * s)
+
+
+def momentum_max_stable_eta(beta: float, sigmas) -> float:
+    """Stable iff both ``|lambda| < 1``. Complex: ``|lambda| = sqrt(1-b) < 1`` always. Real (Jury):
+    ``|tr| < 1 + det`` gives ``0 < eta < (2 - b) / (b s^2)``; the largest mode binds."""
+    return (2 - beta) / (beta * max(sigmas) ** 2)
+
+
+def momentum_spectral_radius(eta: float, beta: float, s: float) -> float:
+    """``max |lambda|`` of ``R``."""
+    return max(abs(v) for v in momentum_eigenvalues(eta, beta, s))
+
+
+def momentum_rate(eta: float, beta: float, sigmas) -> float:
+    """Asymptotic contraction per step: the largest spectral radius over the modes."""
+    return max(momentum_spectral_radius(eta, beta, s) for s in sigmas)
+
+
+def _bisect(f, lo: float, hi: float, iters: int = 200) -> float:
+    """Root of a function that changes sign once on [lo, hi] (f(lo) < 0 < f(hi))."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def momentum_optimal_eta(beta: float, sigmas) -> tuple[float, float]:
+    """The eta minimising ``max_i rho(R_i)`` for a fixed beta, and that rate.
+
+    ``rho`` depends on ``u = eta s^2`` only: it falls to ``sqrt(1-b)`` on the complex interval
+    and rises after it. If the complex intervals of ``s_min`` and ``s_max`` overlap, every eta in
+    the overlap gives ``sqrt(1-b)``; the smallest such eta is returned. Otherwise the optimum
+    balances the two extremes, ``rho(s_min) = rho(s_max)``, one monotone 1-D equation between
+    ``s_max``'s upper and ``s_min``'s lower boundary, solved by bisection.
+    """
+    lo_min, _ = momentum_complex_eta_range(beta, min(sigmas))
+    _, hi_max = momentum_complex_eta_range(beta, max(sigmas))
+    if lo_min <= hi_max:
+        return lo_min, math.sqrt(1 - beta)
+    gap = lambda eta: (momentum_spectral_radius(eta, beta, max(sigmas))  # noqa: E731
+                       - momentum_spectral_radius(eta, beta, min(sigmas)))
+    eta = _bisect(gap, hi_max, lo_min)
+    return eta, momentum_rate(eta, beta, sigmas)
+
+
+def momentum_optimal_pair(sigmas) -> tuple[float, float, float]:
+    """Best ``(eta, beta)`` and rate: the complex intervals of ``s_min`` and ``s_max`` just touch.
+
+    With ``k = s_max^2 / s_min^2`` and ``r = sqrt(1-b)``, touching means ``sqrt(k) = (1+r)/(1-r)``:
+    ``r* = (sqrt(k) - 1)/(sqrt(k) + 1)`` (Polyak's heavy-ball rate), ``beta* = 1 - r*^2``,
+    ``eta* = (1 - r*)^2 / (2 beta* s_min^2)``.
+    """
+    root_k = max(sigmas) / min(sigmas)
+    r = (root_k - 1) / (root_k + 1)
+    beta = 1 - r * r
+    eta = (1 - r) ** 2 / (2 * beta * min(sigmas) ** 2)
+    return eta, beta, r
+
+
+def momentum_least_squares_trajectory(X, y, eta: float, beta: float, steps: int) -> np.ndarray:
+    """EMA momentum from ``w0 = 0, z0 = 0`` through the per-mode recurrence ``(a, x)_{t+1} = R_i (a, x)_t``."""
+    _, s, vt = np.linalg.svd(X, full_matrices=False)
+    w_star = least_squares_solution(X, y)
+    states = np.stack([np.zeros_like(s), vt @ (0.0 - w_star)])  # rows: a, x
+    mats = [momentum_matrix(eta, beta, si) for si in s]
+    out = []
+    for _ in range(steps):
+        states = np.stack([m @ states[:, i] for i, m in enumerate(mats)], axis=1)
+        out.append(w_star + states[1] @ vt)
+    return np.array(out)
+
+
+def heavy_ball_equivalent(eta: float, beta: float) -> dict[str, float]:
+    """EMA form (eta, beta) == torch heavy ball ``buf <- m buf + g; w <- w - lr buf`` with
+    ``lr = eta * beta``, ``m = 1 - beta`` (buf = z / beta). Its matrix on (buf, x) has R's eigenvalues."""
+    return {"lr": eta * beta, "momentum": 1 - beta}
+
+
+def heavy_ball_matrix(lr: float, momentum: float, s: float) -> np.ndarray:
+    """Heavy ball on ``||Xw - y||^2`` per mode, state ``(buf, x)``:
+    ``[[m, 2 s^2], [-lr m, 1 - 2 lr s^2]]`` (similar to R with eta = lr / (1 - m), beta = 1 - m)."""
+    return np.array([[momentum, 2 * s * s], [-lr * momentum, 1 - 2 * lr * s * s]])
+
+
+# =============================================================== instance noise
+
+
+def noise_ridge_lambda(sigma: float, m: int, averaged: bool = False) -> float:
+    """``E||(X+N)w - y||^2 = ||Xw - y||^2 + m sigma^2 ||w||^2`` for ``m`` rows with iid N(0, sigma^2) noise,
+    so noisy inputs amount to ridge with ``lambda = m sigma^2``; for the loss averaged over rows
+    (the sample answer 3(a)'s convention) ``lambda = sigma^2``."""
+    return sigma * sigma if averaged else m * sigma * sigma
+
+
+def noisy_scalar_mean_factor(eta: float, x: float, sigma: float, half: bool = False) -> float:
+    """Scalar GD on ``(x_hat w - y)^2`` with fresh ``x_hat = x + n``, ``n ~ N(0, sigma^2)`` each step:
+    ``E[w_{t+1}] = (1 - 2 eta (x^2 + sigma^2)) E[w_t] + 2 eta x y``; with a 1/2 in the loss (sample 3(b))
+    the 2s drop."""
+    c = 1.0 if half else 2.0
+    return 1 - c * eta * (x * x + sigma * sigma)
+
+
+def noisy_scalar_mean_trajectory(eta, x, y, sigma, steps, w0=0.0, half=False) -> np.ndarray:
+    """``E[w_t] = w_lim + f^t (w0 - w_lim)`` with ``f`` above and ``w_lim = x y / (x^2 + sigma^2)``."""
+    f = noisy_scalar_mean_factor(eta, x, sigma, half)
+    lim = noisy_scalar_limit(x, y, sigma)
+    t = np.arange(1, steps + 1)
+    return lim + f**t * (w0 - lim)
+
+
+def noisy_scalar_max_stable_eta(x: float, sigma: float, half: bool = False) -> float:
+    """``|f| < 1``: ``eta < 1/(x^2 + sigma^2)``; with a 1/2 in the loss (sample 3(c)) ``2/(x^2 + sigma^2)``."""
+    return (2.0 if half else 1.0) / (x * x + sigma * sigma)
+
+
+def noisy_scalar_limit(x: float, y: float, sigma: float) -> float:
+    """``E[w_t] -> x y / (x^2 + sigma^2)``: ridge with lambda = sigma^2 for this one-row problem."""
+    return x * y / (x * x + sigma * sigma)
+
+
+# ======================================================================== ridge
+
+
+def ridge_primal(X, y, lam: float) -> np.ndarray:
+    """``(X^T X + lambda I)^-1 X^T y``."""
+    return np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ y)
+
+
+def ridge_kernel(X, y, lam: float) -> np.ndarray:
+    """``X^T (X X^T + lambda I)^-1 y`` (push-through identity)."""
+    return X.T @ np.linalg.solve(X @ X.T + lam * np.eye(X.shape[0]), y)
+
+
+def ridge_map(X, y, lam: float) -> np.ndarray:
+    """MAP = conditional mean for ``w ~ N(0, I)``, ``Y = X w + sqrt(lambda) N``, ``N ~ N(0, I)``:
+    jointly Gaussian with ``Sigma_wY = X^T``, ``Sigma_YY = X X^T + lambda I``, so
+    ``E[w | Y = y] = Sigma_wY Sigma_YY^-1 y``."""
+    sigma_wy = X.T
+    sigma_yy = X @ X.T + lam * np.eye(X.shape[0])
+    return sigma_wy @ np.linalg.solve(sigma_yy, y)
+
