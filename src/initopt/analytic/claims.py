@@ -99,12 +99,12 @@ def gd_two_mode_claims(s_l: float, s_s: float, tag: str) -> list[Claim]:
     path = sim.gd_least_squares(X, y, eta, 400)
     out = [compare(f"GD {tag}: rate at eta* = 1/(s_l^2 + s_s^2)", cf.gd_optimal_rate([s_l, s_s]),
                    sim.measured_rate(path - w_star, order=1), 1e-9)]
-    for eta in (0.5 * eta, 1.6 * eta):  # which mode converges faster flips around eta*
-        path = sim.gd_least_squares(X, y, eta, 30)
+    for step in (0.5 * eta, 1.6 * eta):  # which mode converges faster flips around eta*
+        path = sim.gd_least_squares(X, y, step, 30)
         errs = np.abs(path[-1] - w_star) / np.abs(w_star)
         measured_faster = int(np.argmin(errs))
-        out.append(compare(f"GD {tag}: faster mode at eta={eta:.4g} (0 = s_l, 1 = s_s)",
-                           cf.gd_faster_mode(eta, [s_l, s_s]), measured_faster, 0))
+        out.append(compare(f"GD {tag}: faster mode at eta={step:.4g} (0 = s_l, 1 = s_s)",
+                           cf.gd_faster_mode(step, [s_l, s_s]), measured_faster, 0))
     return out
 
 

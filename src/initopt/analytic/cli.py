@@ -24,44 +24,32 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _number(flag: str, allowed: str, accept):
+    """An argparse type: a float that ``accept`` admits, else one line naming flag, value and range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"{flag}={text!r}: {allowed}")
+        return value
+
+    return parse
+
+
+_eta = _number("--eta", "the learning rate must be a number > 0", lambda v: v > 0)
+_beta = _number("--beta", "beta must be a number in (0, 1]", lambda v: 0 < v <= 1)
+_eps = _number("--eps", "the tolerance must be a number in (0, 1)", lambda v: 0 < v < 1)
+_one_sigma = _number("--sigmas", "singular values must be numbers > 0", lambda v: v > 0)
+
+
 def _sigmas(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+    values = [_one_sigma(v) for v in text.split(",") if v.strip()]
+    if not values:
         raise argparse.ArgumentTypeError(f"--sigmas={text!r}: a comma-separated list of numbers > 0")
-    if not values or any(not v > 0 or not math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"--sigmas={text!r}: singular values must be finite and > 0")
     return values
-
-
-def _eta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--eta={text!r}: a number > 0")
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"--eta={text!r}: the learning rate must be > 0")
-    return value
-
-
-def _beta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--beta={text!r}: a number in (0, 1]")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"--beta={text!r}: beta must be in (0, 1]")
-    return value
-
-
-def _eps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--eps={text!r}: a number in (0, 1)")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"--eps={text!r}: the tolerance must be in (0, 1)")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ coordinate ``x_i`` evolves alone, driven by its singular value ``s_i``.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 # ============================================================== gradient descent
