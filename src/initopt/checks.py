@@ -8,6 +8,9 @@ so a typo costs one line and creates no output directory.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig
 
@@ -115,6 +118,31 @@ def compose_job(overrides: list[str], config_name: str = "train") -> DictConfig:
         return compose(config_name=config_name, overrides=task_overrides)
 
 
+def check_writable(key: str, directory: str) -> None:
+    """The output directory must be creatable: its nearest existing ancestor a writable folder."""
+    path = Path(directory).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(key, directory, f"{existing} is a file, not a folder; choose another directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, directory, f"{existing} is not writable; choose a directory you can write to")
+
+
+def _override_value(overrides: list[str], key: str) -> str | None:
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")]
+    return values[-1] if values else None
+
+
+def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> None:
+    from initopt.resume import check_can_continue
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    chosen = _override_value(overrides, key)
+    check_writable(key, chosen or ("multirun" if multirun else "outputs"))
+    if chosen and not multirun and cfg.resume:
+        check_can_continue(cfg, Path(chosen))
+
+
 def precheck_command_line(argv: list[str]) -> None:
     """Raise on the first job of the command line that Hydra would fail or that a check rejects."""
     from hydra._internal.utils import get_args_parser
@@ -126,5 +154,8 @@ def precheck_command_line(argv: list[str]) -> None:
         return
     config_name = args.config_name or "train"
     jobs = _job_override_lists(args.overrides, args.multirun)
-    for job in jobs:
-        check_config(compose_job(job, config_name))
+    for i, job in enumerate(jobs):
+        cfg = compose_job(job, config_name)
+        check_config(cfg)
+        if i == 0:
+            _check_output_dir(args.overrides, args.multirun, cfg)

@@ -128,6 +128,10 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 100
     flush_every: int = 100
+    checkpoint_every: int = 0
+    resume: bool = True
+    threads: int = 0
+    deterministic: bool = False
     progress: bool = True
 
 
@@ -251,8 +255,10 @@ def validate(cfg: DictConfig) -> None:
     _validate_data(cfg.data)
     _one_of("device", cfg.device, DEVICES)
     _one_of("dtype", cfg.dtype, DTYPES)
-    for key in ("steps", "batch_size", "log_every", "eval_every", "flush_every"):
+    for key in ("steps", "batch_size", "eval_every", "flush_every"):
         _positive(key, cfg[key])
+    for key in ("log_every", "checkpoint_every", "threads"):
+        _non_negative(key, cfg[key])
 
 
 # The YAML files extend these schemas by name: register them whenever configs may be composed.

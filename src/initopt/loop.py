@@ -67,11 +67,31 @@ class LoopSettings:
     log_every: int = 1  # 0 = no per-step records
     eval_every: int = 100
     flush_every: int = 100
+    checkpoint_every: int = 0  # 0 = only when interrupted
+
+
+@dataclass
+class LoopState:
+    """Everything besides model and optimizer that a resumed run needs to continue bitwise."""
+
+    sampler: BatchSampler
+    step: int = 0  # optimizer steps taken (= last step logged to TensorBoard)
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "step": self.step,
+                "history": [[s, m] for s, m in self.history], "wall_time_s": self.wall_time_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.wall_time_s = state["step"], state["wall_time_s"]
+        self.history = [(s, dict(m)) for s, m in state["history"]]
 
 
 @dataclass
 class FitResult:
-    status: str  # "ok" | "diverged"
+    status: str  # "ok" | "diverged" | "interrupted"
     steps_done: int
     diverged_step: int | None
     final: dict[str, float]
@@ -87,6 +107,11 @@ def _is_finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(v) for v in metrics.values())
 
 
+def new_state(data: Dataset, settings: LoopSettings) -> LoopState:
+    sampler = BatchSampler(len(data.x_train), settings.batch_size, settings.seed, data.x_train.device)
+    return LoopState(sampler)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -94,19 +119,30 @@ def fit(
     settings: LoopSettings,
     logger: RunLogger | None = None,
     progress=None,
+    state: LoopState | None = None,
+    stop_requested=lambda: False,
+    save_checkpoint=None,
 ) -> FitResult:
-    """Train for ``settings.steps`` optimizer steps; stop early on a non-finite loss or gradient."""
+    """Train until ``settings.steps`` optimizer steps; stop early on a non-finite loss or gradient.
+
+    ``state`` continues a checkpointed run. ``stop_requested()`` is polled once a step; when it
+    turns true (SIGINT / SIGTERM) the step's records are flushed, ``save_checkpoint(state)``
+    runs and the result says ``interrupted``. ``save_checkpoint`` also runs every
+    ``checkpoint_every`` steps, always right after a flush, so the TensorBoard file and the
+    checkpoint agree on the last step written.
+    """
     device = data.x_train.device
     loss_fn = loss_function(data.num_classes)
-    sampler = BatchSampler(len(data.x_train), settings.batch_size, settings.seed, device)
+    state = state or new_state(data, settings)
+    sampler, history = state.sampler, state.history
     params = [p for p in model.parameters() if p.requires_grad]
     recorder = StepRecorder(params, settings.flush_every, device) if settings.log_every else None
-    history: list[tuple[int, dict[str, float]]] = []
     diverged_step: int | None = None
-    step = 0
-    start = time.perf_counter()
+    interrupted = False
+    step = state.step
+    start = time.perf_counter() - state.wall_time_s
     model.train()
-    for step in range(1, settings.steps + 1):
+    for step in range(state.step + 1, settings.steps + 1):
         idx = sampler.next_indices()
         x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
         loss = loss_fn(model(x), y)
@@ -117,7 +153,11 @@ def fit(
         optimizer.step()
 
         last = step == settings.steps
-        if recorder is not None and (recorder.full or last or step % settings.flush_every == 0):
+        interrupted = stop_requested()
+        checkpoint_due = save_checkpoint is not None and (
+            interrupted or (settings.checkpoint_every and step % settings.checkpoint_every == 0))
+        flush_due = last or checkpoint_due or step % settings.flush_every == 0
+        if recorder is not None and (recorder.full or flush_due):
             records = recorder.drain()
             diverged_step = records.first_non_finite_step()
             if logger is not None:
@@ -134,8 +174,20 @@ def fit(
             progress.update(1)
         if diverged_step is not None:
             break
+        if checkpoint_due:
+            state.step, state.wall_time_s = step, time.perf_counter() - start
+            if logger is not None:
+                logger.flush()
+            save_checkpoint(state)
+        if interrupted:
+            break
     wall = time.perf_counter() - start
-    status = "ok" if diverged_step is None else "diverged"
+    if diverged_step is not None:
+        status = "diverged"
+    elif interrupted and step < settings.steps:
+        status = "interrupted"
+    else:
+        status = "ok"
     final = history[-1][1] if status == "ok" else {k: float("nan") for k in _METRIC_KEYS}
     return FitResult(status, step, diverged_step, final, history, wall)
 

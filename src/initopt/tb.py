@@ -8,6 +8,7 @@ Tags written (the run is the job's Hydra output directory):
 * ``loss/batch``               mini-batch training loss of the step
 * ``loss/train``, ``loss/test``, ``accuracy/train``, ``accuracy/test`` at each evaluation
 * ``final/*``                  the run's final metrics (also the HParams metrics)
+* ``status/diverged_at_step``  only when a non-finite loss or gradient stopped the run
 
 The summaries themselves come from TensorBoard's and torch's own builders
 (``Summary`` protos, ``custom_scalars``, ``hparams``); only the file framing is done
@@ -79,6 +80,10 @@ class EventFile:
             + data + struct.pack("<I", _masked_crc32c(data))
         )
 
+    def write_divergence(self, step: int) -> None:
+        """``status/diverged_at_step``: one point at the first non-finite step."""
+        self._write_scalars(step, ["status/diverged_at_step"], [step])
+
     def flush(self) -> None:
         self._file.flush()
 
@@ -130,6 +135,10 @@ class RunLogger:
         for summary in hparams_summaries(hparams, metric_tags):
             self._write_summary(summary, step=0)
         self._write_scalars(step, list(metric_tags), metric_tags.values())
+
+    def write_divergence(self, step: int) -> None:
+        """``status/diverged_at_step``: one point at the first non-finite step."""
+        self._write_scalars(step, ["status/diverged_at_step"], [step])
 
     def flush(self) -> None:
         self.events.flush()

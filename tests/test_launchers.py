@@ -1,0 +1,23 @@
+"""The homework grid through Hydra's joblib (local parallel) and submitit_local launchers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import read_metrics, run_cli
+
+GRID = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam"]
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_the_homework_grid_runs_through_the_launcher(tmp_path, launcher):
+    proc = run_cli("-m", f"+launcher={launcher}", *GRID, "steps=20", "model.hidden=[8]",
+                   "hydra.sweep.dir=grid", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {p.name: read_metrics(p) for p in (tmp_path / "grid").iterdir()
+            if p.is_dir() and not p.name.startswith(".")}
+    expected = {f"init={i},model.hidden=[8],optim={o},steps=20"
+                for i, o in itertools.product(["zero", "normal", "xavier", "he"], ["sgd", "momentum", "adam"])}
+    assert set(jobs) == expected  # the launcher override does not leak into run names
+    assert all(m["status"] == "ok" and m["steps_done"] == 20 for m in jobs.values())

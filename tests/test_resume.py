@@ -1,0 +1,179 @@
+"""Interrupt, resume, determinism and refusing what would overwrite a user's results."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_metrics, run_cli, scalar_tags
+
+RUN = ["model.hidden=[8]", "optim=adam", "eval_every=500", "flush_every=50"]
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "initopt.train", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_training(run_dir: Path, proc: subprocess.Popen, extra_s: float = 1.0) -> None:
+    """Until the run has opened its event file (it trains from then on), plus ``extra_s``."""
+    deadline = time.time() + 60
+    while not (run_dir.exists() and any(run_dir.glob("events.out.tfevents*"))):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(extra_s)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    proc = run_cli(*RUN, "steps=8000", "hydra.run.dir=run", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "run"
+
+
+def test_sigint_saves_a_checkpoint_and_resuming_ends_bitwise_identical(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start([*RUN, "steps=8000", "hydra.run.dir=run"], tmp_path)
+    wait_until_training(run_dir, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Resume with" in err and "hydra.run.dir=" in err
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    stopped_at = ckpt["loop"]["step"]
+    assert 0 < stopped_at < 8000
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_cli(*RUN, "steps=8000", "hydra.run.dir=run", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming at step {stopped_at}" in resumed.stdout
+    assert_same_weights(run_dir / "final.pt", uninterrupted / "final.pt")
+    a, b = read_metrics(run_dir), read_metrics(uninterrupted)
+    assert a["final"] == b["final"] and a["history"] == b["history"]
+    assert not (run_dir / "checkpoint.pt").exists()
+    steps = [e.step for e in scalar_tags(run_dir)["grad_norm/fc1.weight"]]
+    assert steps == list(range(1, 8001))  # every step once, none twice
+    values = [e.value for e in scalar_tags(run_dir)["loss/batch"]]
+    assert values == [e.value for e in scalar_tags(uninterrupted)["loss/batch"]]
+
+
+def test_a_hard_kill_resumes_from_the_periodic_checkpoint(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start([*RUN, "steps=8000", "checkpoint_every=300", "hydra.run.dir=run"], tmp_path)
+    wait_until_training(run_dir, proc, extra_s=1.5)
+    proc.kill()  # SIGKILL: no handler runs; events past the checkpoint are already on disk
+    proc.communicate()
+    assert (run_dir / "checkpoint.pt").exists()
+    resumed = run_cli(*RUN, "steps=8000", "checkpoint_every=300", "hydra.run.dir=run", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(run_dir / "final.pt", uninterrupted / "final.pt")
+    steps = [e.step for e in scalar_tags(run_dir)["grad_norm/fc1.weight"]]
+    assert steps == list(range(1, 8001))  # TensorBoard purges what the killed run wrote twice
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
+    args = ["-m", "seed=0,1,2", *RUN, "steps=3000", "hydra.sweep.dir=sw"]
+    proc = start(args, tmp_path)
+    sweep = tmp_path / "sw"
+    second = None
+    deadline = time.time() + 120
+    while second is None:  # wait until the first job finished and the second is training
+        done = [d for d in sweep.glob("*") if (d / "metrics.json").exists()] if sweep.exists() else []
+        running = [d for d in sweep.glob("*") if any(d.glob("events*")) and d not in done] \
+            if sweep.exists() else []
+        if done and running:
+            second = running[0]
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "hydra.sweep.dir=" in err
+    first = done[0]
+    stamp = (first / "metrics.json").stat().st_mtime_ns
+    events_before = sorted(p.name for p in first.glob("events*"))
+
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already finished" in again.stdout and "resuming at step" in again.stdout
+    assert (first / "metrics.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in first.glob("events*")) == events_before
+    jobs = [d for d in sweep.iterdir() if d.is_dir()]
+    assert len(jobs) == 3 and all(read_metrics(d)["status"] == "ok" for d in jobs)
+
+
+def test_same_config_and_seed_give_bitwise_identical_results_on_cpu(tmp_path):
+    args = ["data=digits", "model.hidden=[32,16]", "optim=momentum", "steps=300", "eval_every=100"]
+    for name in ("a", "b"):
+        proc = run_cli(*args, f"hydra.run.dir={name}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_weights(tmp_path / "a/final.pt", tmp_path / "b/final.pt")
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert a["final"] == b["final"] and a["history"] == b["history"]
+    assert [e.value for e in scalar_tags(tmp_path / "a")["grad_norm/fc1.weight"]] == \
+        [e.value for e in scalar_tags(tmp_path / "b")["grad_norm/fc1.weight"]]
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path):
+    assert run_cli("steps=30", "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    stamp = (tmp_path / "run/metrics.json").stat().st_mtime_ns
+    again = run_cli("steps=30", "hydra.run.dir=run", cwd=tmp_path)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    other = run_cli("steps=40", "hydra.run.dir=run", cwd=tmp_path)
+    assert other.returncode == 2 and "another config" in other.stderr
+    assert other.stderr.strip().count("\n") == 0
+    assert (tmp_path / "run/metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"this is not a checkpoint", "unreadable"),
+    (None, "another config"),
+])
+def test_corrupt_or_mismatched_checkpoints_are_one_line_errors(tmp_path, content, words):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if content is None:  # a real checkpoint, written by a run with other settings
+        proc = start([*RUN, "steps=100000", "hydra.run.dir=run"], tmp_path)
+        wait_until_training(run_dir, proc, extra_s=0.3)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        args = [*RUN, "steps=100000", "optim.lr=0.5", "hydra.run.dir=run"]
+    else:
+        (run_dir / "checkpoint.pt").write_bytes(content)
+        args = [*RUN, "steps=50", "hydra.run.dir=run"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "checkpoint" in proc.stderr and words in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert (run_dir / "checkpoint.pt").exists()  # left for the user to decide
+
+
+def test_an_output_dir_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("steps=10", "hydra.run.dir=afile/run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "hydra.run.dir" in proc.stderr and "not a folder" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+
+
+def test_divergence_is_marked_in_tensorboard(tmp_path):
+    proc = run_cli("optim=sgd", "optim.lr=1e4", "steps=300", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = read_metrics(tmp_path / "run")
+    events = scalar_tags(tmp_path / "run")["status/diverged_at_step"]
+    assert [e.value for e in events] == [m["diverged_step"]]
