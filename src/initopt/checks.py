@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from initopt.config import ConfigError, validate
+from initopt.config import ConfigError, first_line, validate
 from initopt.data import check_available, expected_train_size
 
 CONFIG_MODULE = "initopt.conf"
@@ -49,11 +49,6 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- errors
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _omegaconf_cause(err: BaseException):
     from omegaconf.errors import OmegaConfBaseException
 
@@ -77,12 +72,12 @@ def user_error_line(err: BaseException) -> str:
         return f"{group}={option} is not allowed: unknown option for '{group}'; one of {allowed}"
     cause = _omegaconf_cause(err)
     if cause is not None and getattr(cause, "full_key", None):
-        line = f"{cause.full_key}: {_first_line(cause)}"
+        line = f"{cause.full_key}: {first_line(cause)}"
         fields = getattr(getattr(cause, "object_type", None), "__dataclass_fields__", None)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and fields:
             line += "; allowed: " + ", ".join(fields)
         return line
-    return _first_line(err)
+    return first_line(err)
 
 
 # ---------------------------------------------------------------------- command line

@@ -24,6 +24,12 @@ class ConfigError(ValueError):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 # ----------------------------------------------------------------------------- model
 @dataclass
 class MLPConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from initopt.config import ConfigError
+from initopt.config import ConfigError, first_line
 
 # Where Debian's `dataset-fashion-mnist` package installs the real Fashion-MNIST.
 SYSTEM_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
@@ -193,8 +193,7 @@ def _load_torchvision(cfg: DictConfig) -> tuple[torch.Tensor, ...]:
         train = getattr(tvd, cls)(str(root), train=True, download=cfg.download)
         test = getattr(tvd, cls)(str(root), train=False, download=cfg.download)
     except Exception as err:  # offline download, truncated or corrupt files
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError("data.root", cfg.root, f"could not read {cls}: {first_line}") from err
+        raise ConfigError("data.root", cfg.root, f"could not read {cls}: {first_line(err)}") from err
     to_tensor = lambda d: torch.as_tensor(d.data).flatten(1)  # noqa: E731
     return to_tensor(train), torch.as_tensor(train.targets), to_tensor(test), torch.as_tensor(test.targets)
 

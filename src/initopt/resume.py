@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from initopt.config import ConfigError
+from initopt.config import ConfigError, first_line
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -86,8 +86,8 @@ def load_checkpoint(path: Path, fingerprint: str, device: torch.device) -> dict:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated, not a torch file, unpicklable content
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError("checkpoint", str(path), f"unreadable ({first[:120]}); delete it to start over") from err
+        raise ConfigError("checkpoint", str(path),
+                          f"unreadable ({first_line(err, 120)}); delete it to start over") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError("checkpoint", str(path), "not an initopt checkpoint; delete it to start over")
     if payload["fingerprint"] != fingerprint:
