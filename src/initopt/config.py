@@ -134,6 +134,7 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 100
     flush_every: int = 100
+    act_every: int = 10
     checkpoint_every: int = 0
     resume: bool = True
     threads: int = 0
@@ -263,7 +264,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("dtype", cfg.dtype, DTYPES)
     for key in ("steps", "batch_size", "eval_every", "flush_every"):
         _positive(key, cfg[key])
-    for key in ("log_every", "checkpoint_every", "threads"):
+    for key in ("log_every", "act_every", "checkpoint_every", "threads"):
         _non_negative(key, cfg[key])
 
 

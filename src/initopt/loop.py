@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initopt.data import BatchSampler, Dataset
-from initopt.probes import StepRecorder
+from initopt.probes import ActivationRecorder, StepRecorder
 from initopt.tb import RunLogger
 
 
@@ -68,6 +68,7 @@ class LoopSettings:
     eval_every: int = 100
     flush_every: int = 100
     checkpoint_every: int = 0  # 0 = only when interrupted
+    act_every: int = 0  # 0 = no activation statistics
 
 
 @dataclass
@@ -107,6 +108,27 @@ def _is_finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(v) for v in metrics.values())
 
 
+def _write_activations(acts: ActivationRecorder, logger: RunLogger | None) -> None:
+    steps, std, mean = acts.drain()
+    if logger is not None and len(steps):
+        logger.write_activations(steps, std, mean, acts.names)
+
+
+@torch.no_grad()
+def _activation_recorder(model, data: Dataset, settings: LoopSettings, logger, fresh: bool):
+    """Hooks on the hidden activations; a fresh run first records them at initialization (step 0)."""
+    layers = model.activation_layers() if settings.act_every and hasattr(model, "activation_layers") else []
+    if not layers:
+        return None
+    acts = ActivationRecorder(layers, settings.flush_every + 1, data.x_train.device, data.x_train.dtype)
+    if fresh:
+        acts.armed = True
+        model(data.x_train[:1024])
+        acts.record(0)
+        _write_activations(acts, logger)
+    return acts
+
+
 def new_state(data: Dataset, settings: LoopSettings) -> LoopState:
     sampler = BatchSampler(len(data.x_train), settings.batch_size, settings.seed, data.x_train.device)
     return LoopState(sampler)
@@ -137,6 +159,7 @@ def fit(
     sampler, history = state.sampler, state.history
     params = [p for p in model.parameters() if p.requires_grad]
     recorder = StepRecorder(params, settings.flush_every, device) if settings.log_every else None
+    acts = _activation_recorder(model, data, settings, logger, fresh=state.step == 0)
     diverged_step: int | None = None
     interrupted = False
     step = state.step
@@ -145,7 +168,11 @@ def fit(
     for step in range(state.step + 1, settings.steps + 1):
         idx = sampler.next_indices()
         x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
+        if acts is not None and step % settings.act_every == 0:
+            acts.armed = True
         loss = loss_fn(model(x), y)
+        if acts is not None and acts.armed:
+            acts.record(step)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if recorder is not None and step % settings.log_every == 0:
@@ -162,6 +189,8 @@ def fit(
             diverged_step = records.first_non_finite_step()
             if logger is not None:
                 logger.write_steps(records)
+        if acts is not None and (acts.full or flush_due):
+            _write_activations(acts, logger)
         if diverged_step is None and (step % settings.eval_every == 0 or last):
             metrics = evaluate(model, data, loss_fn)
             if _is_finite(metrics):
@@ -182,6 +211,8 @@ def fit(
         if interrupted:
             break
     wall = time.perf_counter() - start
+    if acts is not None:
+        acts.remove()
     if diverged_step is not None:
         status = "diverged"
     elif interrupted and step < settings.steps:

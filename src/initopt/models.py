@@ -39,6 +39,10 @@ class MLP(nn.Sequential):
                 modules.append((f"act{name[2:]}", ACTIVATION_MODULES[activation]()))
         super().__init__(OrderedDict(modules))
 
+    def activation_layers(self) -> list[tuple[str, nn.Module]]:
+        """The hidden layers' nonlinearities ``act1 .. actN``: their outputs are the activations."""
+        return [(n, m) for n, m in self.named_children() if n.startswith("act")]
+
     def linear_layers(self) -> list[tuple[str, nn.Linear]]:
         return [(n, m) for n, m in self.named_children() if isinstance(m, nn.Linear)]
 

@@ -83,3 +83,49 @@ class StepRecorder:
         self._steps.clear()
         self._times.clear()
         return records
+
+
+class ActivationRecorder:
+    """Mean and standard deviation of every hidden layer's output (after its nonlinearity).
+
+    Forward hooks on the activation modules compute ``(std, mean)`` of the layer's output
+    over the whole batch (all units, all examples) on the device while the hooks are armed;
+    :meth:`record` stacks them into a device buffer row, :meth:`drain` copies the rows to
+    the host. The variance argument behind Xavier and He is about exactly these numbers.
+    """
+
+    def __init__(self, layers: list[tuple[str, torch.nn.Module]], capacity: int, device, dtype):
+        self.names = [name for name, _ in layers]
+        self._rows = torch.zeros(capacity, 2 * len(layers), device=device, dtype=dtype)
+        self._stats: list[torch.Tensor] = []
+        self._steps: list[int] = []
+        self.armed = False
+        self._handles = [module.register_forward_hook(self._hook) for _, module in layers]
+
+    def _hook(self, _module, _inputs, output: torch.Tensor) -> None:
+        if self.armed:
+            self._stats.extend(torch.std_mean(output.detach()))
+
+    def record(self, step: int) -> None:
+        """Store the stats the armed forward pass collected, as ``[std_1, mean_1, std_2, ...]``."""
+        torch.stack(self._stats, out=self._rows[len(self._steps)])
+        self._stats.clear()
+        self._steps.append(step)
+        self.armed = False
+
+    @property
+    def full(self) -> bool:
+        return len(self._steps) == len(self._rows)
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(steps, std per layer, mean per layer), host arrays."""
+        n = len(self._steps)
+        rows = self._rows[:n].cpu().numpy().astype(np.float64)
+        steps = np.asarray(self._steps, dtype=np.int64)
+        self._steps.clear()
+        return steps, rows[:, 0::2], rows[:, 1::2]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+

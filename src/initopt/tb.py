@@ -8,6 +8,8 @@ Tags written (the run is the job's Hydra output directory):
 * ``loss/batch``               mini-batch training loss of the step
 * ``loss/train``, ``loss/test``, ``accuracy/train``, ``accuracy/test`` at each evaluation
 * ``final/*``                  the run's final metrics (also the HParams metrics)
+* ``activation_std/<layer>``, ``activation_mean/<layer>``  hidden layers' outputs (at step 0 on
+  up to 1024 training examples, then on the step's batch every ``act_every`` steps)
 * ``status/diverged_at_step``  only when a non-finite loss or gradient stopped the run
 
 The summaries themselves come from TensorBoard's and torch's own builders
@@ -41,6 +43,10 @@ LAYOUT = {
     "training": {
         "loss": ["Multiline", [r"loss/.*"]],
         "accuracy": ["Multiline", [r"accuracy/.*"]],
+    },
+    "activations": {
+        "activation std per layer": ["Multiline", [r"activation_std/.*"]],
+        "activation mean per layer": ["Multiline", [r"activation_mean/.*"]],
     },
 }
 
@@ -123,6 +129,12 @@ class RunLogger:
         )
         for step, walltime, row in zip(rec.steps.tolist(), rec.walltimes.tolist(), table.tolist()):
             self._write_scalars(step, self.step_tags, row, walltime)
+
+    def write_activations(self, steps, std, mean, layer_names: list[str]) -> None:
+        """``activation_std/<layer>`` and ``activation_mean/<layer>`` at each recorded step."""
+        tags = [f"activation_std/{n}" for n in layer_names] + [f"activation_mean/{n}" for n in layer_names]
+        for step, row in zip(steps.tolist(), np.column_stack([std, mean]).tolist()):
+            self._write_scalars(step, tags, row)
 
     def write_eval(self, step: int, metrics: dict[str, float]) -> None:
         """``train_loss`` -> ``loss/train`` and so on."""

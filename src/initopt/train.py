@@ -109,7 +109,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     param_names = [n for n, _ in model.named_parameters()]
     settings = LoopSettings(cfg.steps, cfg.batch_size, cfg.seed, cfg.log_every, cfg.eval_every,
-                            cfg.flush_every, cfg.checkpoint_every)
+                            cfg.flush_every, cfg.checkpoint_every, cfg.act_every)
     state = new_state(data, settings)
     checkpoint = output_dir / resume.CHECKPOINT
     if cfg.resume and checkpoint.exists():
