@@ -127,6 +127,8 @@ class TrainConfig:
     optim: Any = MISSING
     data: Any = MISSING
     seed: int = 0
+    replicas: int = 1
+    replicas_mode: str = "auto"
     device: str = "auto"
     dtype: str = "float32"
     steps: int = 1000
@@ -150,6 +152,7 @@ MOMENTUM_FORMS = ("ema", "heavy_ball")
 DATASETS = ("moons", "circles", "digits", "fashion_mnist", "mnist", "cifar10")
 PREPROCESS = ("none", "scale", "center", "standardize")
 DEVICES = ("auto", "cpu", "cuda")
+REPLICA_MODES = ("auto", "stacked", "vmap", "sequential")
 DTYPES = ("float32", "float64")
 
 GROUP_SCHEMAS = {
@@ -262,6 +265,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_data(cfg.data)
     _one_of("device", cfg.device, DEVICES)
     _one_of("dtype", cfg.dtype, DTYPES)
+    _one_of("replicas_mode", cfg.replicas_mode, REPLICA_MODES)
+    if cfg.replicas < 1:
+        raise ConfigError("replicas", cfg.replicas, "at least 1 (train seeds seed, seed+1, ...)")
     for key in ("steps", "batch_size", "eval_every", "flush_every"):
         _positive(key, cfg[key])
     for key in ("log_every", "act_every", "checkpoint_every", "threads"):

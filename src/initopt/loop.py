@@ -129,6 +129,13 @@ def _activation_recorder(model, data: Dataset, settings: LoopSettings, logger, f
     return acts
 
 
+def record_initial_activations(model, data: Dataset, settings: LoopSettings, logger: RunLogger) -> None:
+    """Only the step-0 activation statistics (replicas record no more: hooks don't see through vmap)."""
+    acts = _activation_recorder(model, data, settings, logger, fresh=True)
+    if acts is not None:
+        acts.remove()
+
+
 def new_state(data: Dataset, settings: LoopSettings) -> LoopState:
     sampler = BatchSampler(len(data.x_train), settings.batch_size, settings.seed, data.x_train.device)
     return LoopState(sampler)

@@ -32,7 +32,7 @@ METRICS = "metrics.json"
 FINISHED = ("ok", "diverged")
 CHECKPOINT_FORMAT = 1
 # Keys that do not change what a run computes: a resumed run may differ in them.
-IGNORED_KEYS = ("progress", "checkpoint_every", "resume", "threads")
+IGNORED_KEYS = ("progress", "checkpoint_every", "resume", "threads", "replicas_mode")
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

@@ -100,7 +100,8 @@ class EventFile:
 class RunLogger:
     """Writes one run's TensorBoard events into ``logdir`` (never ``./runs``)."""
 
-    def __init__(self, logdir: Path, param_names: list[str], resume_step: int | None = None):
+    def __init__(self, logdir: Path, param_names: list[str], resume_step: int | None = None,
+                 banded: tuple[str, ...] = ()):
         self.events = EventFile(Path(logdir))
         self.step_tags = [f"grad_norm/{n}" for n in param_names] + [
             "grad_summary/mean_norm",
@@ -108,10 +109,19 @@ class RunLogger:
             "loss/batch",
         ]
         if resume_step is None:
-            self._write_summary(custom_scalars(LAYOUT), step=0)
+            self._write_summary(custom_scalars(self._layout(banded)), step=0)
         else:  # TensorBoard drops any earlier event at or after a START at this step
             self.events.write(Event(wall_time=time.time(), step=resume_step,
                                     session_log=SessionLog(status=SessionLog.START)))
+
+    @staticmethod
+    def _layout(banded: tuple[str, ...]) -> dict:
+        """The standard layout; with ``banded`` tags, a Margin chart each: mean with its min-max band."""
+        if not banded:
+            return LAYOUT
+        margins = {f"{tag} (mean, band: min to max over replicas)":
+                   ["Margin", [tag, f"band_min/{tag}", f"band_max/{tag}"]] for tag in banded}
+        return {"replicas: mean and band": margins, **LAYOUT}
 
     def _write_summary(self, summary: Summary, step: int, walltime: float | None = None) -> None:
         self.events.write(Event(wall_time=walltime or time.time(), step=int(step), summary=summary))
@@ -136,10 +146,25 @@ class RunLogger:
         for step, row in zip(steps.tolist(), np.column_stack([std, mean]).tolist()):
             self._write_scalars(step, tags, row)
 
-    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
-        """``train_loss`` -> ``loss/train`` and so on."""
+    def write_band(self, low: StepRecords, high: StepRecords, banded: tuple[str, ...]) -> None:
+        """``band_min/<tag>`` and ``band_max/<tag>`` for the step tags in ``banded``."""
+        keep = [i for i, t in enumerate(self.step_tags) if t in banded]
+        tags = [f"band_min/{self.step_tags[i]}" for i in keep] + [f"band_max/{self.step_tags[i]}" for i in keep]
+        table = np.column_stack([
+            np.column_stack([r.grad_norms, r.mean_grad_norm, r.global_grad_norm, r.loss])[:, keep]
+            for r in (low, high)])
+        for step, walltime, row in zip(low.steps.tolist(), low.walltimes.tolist(), table.tolist()):
+            self._write_scalars(step, tags, row, walltime)
+
+    def write_eval(self, step: int, metrics: dict[str, float], low: dict | None = None,
+                   high: dict | None = None) -> None:
+        """``train_loss`` -> ``loss/train`` and so on (with ``band_min/``, ``band_max/`` when given)."""
         tags = ["{1}/{0}".format(*k.split("_", 1)) for k in metrics]
-        self._write_scalars(step, tags, metrics.values())
+        values = list(metrics.values())
+        if low is not None and high is not None:
+            tags += [f"band_min/{t}" for t in tags] + [f"band_max/{t}" for t in tags]
+            values += list(low.values()) + list(high.values())
+        self._write_scalars(step, tags, values)
 
     def write_hparams(self, hparams: dict, final: dict[str, float], step: int) -> None:
         """One HParams entry for this run: its choices and its final metrics (``final/*``)."""

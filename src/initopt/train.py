@@ -16,19 +16,28 @@ import traceback
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from initopt import resume
 from initopt.checks import check_runnable, resolve_device, user_error_line
 from initopt.config import validate
-from initopt.data import load_dataset
+from initopt.data import Dataset, load_dataset
 from initopt.init import initialize
-from initopt.loop import FitResult, LoopSettings, fit, new_state
-from initopt.models import build_model, count_parameters
+from initopt.loop import FitResult, LoopSettings, fit, new_state, record_initial_activations
+from initopt.models import MLP, build_model, count_parameters
 from initopt.optim import build_optimizer
+from initopt.replicas import (
+    METRIC_KEYS,
+    ReplicaLogs,
+    StackedModel,
+    fit_replicas,
+    new_replica_state,
+    replica_strategy,
+)
 from initopt.tb import RunLogger
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -57,7 +66,7 @@ def _json_safe(value):
         return None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
 
@@ -85,12 +94,11 @@ def _set_determinism(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "") -> FitResult | dict:
-    """One training run, all of its outputs under ``output_dir``.
+    """One training run (or K replicas of it), all of its outputs under ``output_dir``.
 
     Returns the finished run's stored metrics instead when ``output_dir`` already holds one.
     """
     validate(cfg)
-    fingerprint = resume.config_fingerprint(cfg)
     if cfg.resume:
         resume.check_can_continue(cfg, output_dir)
         done = resume.finished_run(output_dir)
@@ -99,21 +107,42 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
             return done
     _set_determinism(cfg)
     device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.data, device, dtype)
+    data = load_dataset(cfg.data, device, DTYPES[cfg.dtype])
     check_runnable(cfg, n_train=len(data.x_train))
+    if cfg.replicas > 1:
+        return _run_replicas(cfg, data, output_dir, run_name, resume_hint)
+    return _run_single(cfg, data, output_dir, run_name, resume_hint)
 
-    model = build_model(cfg.model, data.n_features, data.n_outputs).to(device, dtype)
+
+def _seeded_model(cfg: DictConfig, data: Dataset, seed: int) -> torch.nn.Module:
+    """The model a run with ``seed`` starts from: seed torch, build, initialize."""
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, data.n_features, data.n_outputs).to(data.x_train.device, data.x_train.dtype)
     initialize(model, cfg.init)
+    return model
+
+
+def _settings(cfg: DictConfig) -> LoopSettings:
+    return LoopSettings(cfg.steps, cfg.batch_size, cfg.seed, cfg.log_every, cfg.eval_every,
+                        cfg.flush_every, cfg.checkpoint_every, cfg.act_every)
+
+
+def _interrupted(run_name: str, step: int, checkpoint: Path, hint: str, exit_code: int):
+    print(f"[{run_name or 'run'}] interrupted at step {step}; checkpoint saved to {checkpoint}. "
+          f"Resume with:\n  {hint}", file=sys.stderr)
+    return Interrupted(exit_code)
+
+
+def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str, resume_hint: str) -> FitResult:
+    fingerprint = resume.config_fingerprint(cfg)
+    model = _seeded_model(cfg, data, cfg.seed)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     param_names = [n for n, _ in model.named_parameters()]
-    settings = LoopSettings(cfg.steps, cfg.batch_size, cfg.seed, cfg.log_every, cfg.eval_every,
-                            cfg.flush_every, cfg.checkpoint_every, cfg.act_every)
+    settings = _settings(cfg)
     state = new_state(data, settings)
     checkpoint = output_dir / resume.CHECKPOINT
     if cfg.resume and checkpoint.exists():
-        resume.restore(resume.load_checkpoint(checkpoint, fingerprint, device), model, optimizer, state)
+        resume.restore(resume.load_checkpoint(checkpoint, fingerprint, data.x_train.device), model, optimizer, state)
         print(f"[{run_name or 'run'}] resuming at step {state.step} from {checkpoint}")
 
     logger = RunLogger(output_dir, param_names, resume_step=state.step + 1 if state.step else None)
@@ -122,9 +151,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
         result = fit(model, optimizer, data, settings, logger, bar, state, signals.requested, save)
     if result.status == "interrupted":
         logger.close()
-        print(f"[{run_name or 'run'}] interrupted at step {result.steps_done}; checkpoint saved to "
-              f"{checkpoint}. Resume with:\n  {resume_hint}", file=sys.stderr)
-        raise Interrupted(signals.exit_code)
+        raise _interrupted(run_name, result.steps_done, checkpoint, resume_hint, signals.exit_code)
 
     picked = choices(cfg)
     if result.diverged_step is not None:
@@ -142,7 +169,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
         "final": result.final,
         "choices": picked,
         "run_name": run_name,
-        "device": str(device),
+        "device": str(data.x_train.device),
         "n_parameters": count_parameters(model),
         "parameters": param_names,
         "fingerprint": fingerprint,
@@ -154,6 +181,106 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     print(f"[{run_name or 'run'}] {status}: test accuracy {acc:.4f} "
           f"({result.steps_per_s:.0f} steps/s) -> {output_dir}")
     return result
+
+
+def _replica_dir(output_dir: Path, seed: int) -> Path:
+    return output_dir / "replicas" / f"seed={seed}"
+
+
+def _run_replicas(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str, resume_hint: str) -> dict:
+    """K seeds in one process: stacked and vectorized, or one after another for big networks."""
+    seeds = [cfg.seed + r for r in range(cfg.replicas)]
+    probe = build_model(cfg.model, data.n_features, data.n_outputs)
+    strategy = replica_strategy(cfg.replicas_mode, count_parameters(probe), cfg.batch_size,
+                                isinstance(probe, MLP))
+    if strategy != "sequential":
+        records, wall = _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy)
+    else:
+        if cfg.replicas_mode == "auto":
+            print(f"[{run_name or 'run'}] {cfg.replicas} replicas one after another: this network is "
+                  "arithmetic-bound, vectorizing would not pay (replicas_mode=stacked forces it)")
+        records, wall = [], 0.0
+        for seed in seeds:
+            one = OmegaConf.merge(cfg, {"seed": seed, "replicas": 1})
+            result = _run_single(one, data, _replica_dir(output_dir, seed), f"{run_name},seed={seed}", resume_hint)
+            wall += result.wall_time_s
+            records.append(_replica_record(seed, output_dir, result.status, result.diverged_step,
+                                           result.final, result.history))
+    return _write_replica_metrics(cfg, data, output_dir, run_name, seeds, records, wall, strategy)
+
+
+def _replica_record(seed, output_dir, status, diverged_step, final, history) -> dict:
+    return {"seed": seed, "status": status, "diverged_step": diverged_step, "final": final,
+            "history": [{"step": s, **m} for s, m in history],
+            "event_dir": str(_replica_dir(output_dir, seed).relative_to(output_dir))}
+
+
+def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy) -> tuple[list[dict], float]:
+    settings = _settings(cfg)
+    models = [_seeded_model(cfg, data, s) for s in seeds]
+    param_names = [n for n, _ in models[0].named_parameters()]
+    fingerprint = resume.config_fingerprint(cfg)
+    stacked = StackedModel(models, batched_mlp=strategy == "stacked")
+    optimizer = build_optimizer(stacked.parameters(), cfg.optim)
+    state = new_replica_state(data, settings, seeds)
+    checkpoint = output_dir / resume.CHECKPOINT
+    if cfg.resume and checkpoint.exists():
+        resume.restore(resume.load_checkpoint(checkpoint, fingerprint, data.x_train.device), stacked, optimizer, state)
+        print(f"[{run_name or 'run'}] resuming at step {state.step} from {checkpoint}")
+    purge = state.step + 1 if state.step else None
+    loggers = [RunLogger(_replica_dir(output_dir, s), param_names, purge) for s in seeds]
+    if purge is None:
+        for model, logger in zip(models, loggers):  # the variance argument's numbers, at init
+            record_initial_activations(model, data, settings, logger)
+    logs = ReplicaLogs(loggers, RunLogger(output_dir, param_names, purge, banded=ReplicaLogs.BANDED))
+    save = lambda st: resume.save_checkpoint(checkpoint, fingerprint, stacked, optimizer, st)  # noqa: E731
+    with resume.StopSignals() as signals, _progress_bar(cfg, run_name, state.step) as bar:
+        result = fit_replicas(stacked, optimizer, data, settings, state, logs, bar, signals.requested, save)
+    if result.interrupted:
+        logs.flush()
+        raise _interrupted(run_name, result.steps_done, checkpoint, resume_hint, signals.exit_code)
+    records = []
+    for r, seed in enumerate(seeds):
+        status = "ok" if result.diverged[r] is None else "diverged"
+        if result.diverged[r] is not None:
+            loggers[r].write_divergence(result.diverged[r])
+        loggers[r].write_hparams({**choices(cfg), "seed": seed}, result.final(r), result.steps_done)
+        loggers[r].close()
+        torch.save(stacked.replica_state_dict(r), _replica_dir(output_dir, seed) / "final.pt")
+        records.append(_replica_record(seed, output_dir, status, result.diverged[r], result.final(r),
+                                       result.histories[r]))
+    logs.aggregate.close()
+    checkpoint.unlink(missing_ok=True)
+    return records, result.wall_time_s
+
+
+def _write_replica_metrics(cfg, data, output_dir, run_name, seeds, records, wall, mode) -> dict:
+    finals = [r["final"] for r in records if r["status"] == "ok"]
+    mean = {k: float(np.mean([f[k] for f in finals])) if finals else math.nan for k in METRIC_KEYS}
+    std = {k: float(np.std([f[k] for f in finals], ddof=1)) if len(finals) > 1 else math.nan
+           for k in METRIC_KEYS}
+    payload = {
+        "status": "ok" if all(r["status"] == "ok" for r in records) else "diverged",
+        "replicas_mode": mode,
+        "seeds": seeds,
+        "steps": cfg.steps,
+        "steps_done": cfg.steps,
+        "wall_time_s": wall,
+        "steps_per_s": cfg.steps / wall if wall else math.nan,
+        "replica_steps_per_s": len(seeds) * cfg.steps / wall if wall else math.nan,
+        "final": mean,
+        "final_std": std,
+        "choices": choices(cfg),
+        "run_name": run_name,
+        "device": str(data.x_train.device),
+        "fingerprint": resume.config_fingerprint(cfg),
+        "replicas": records,
+    }
+    write_metrics(output_dir / resume.METRICS, payload)
+    print(f"[{run_name or 'run'}] {len(seeds)} replicas ({mode}): test accuracy "
+          f"{mean['test_accuracy']:.4f} ± {std['test_accuracy']:.4f} "
+          f"({payload['replica_steps_per_s']:.0f} replica-steps/s) -> {output_dir}")
+    return payload
 
 
 def _record_failure(output_dir: Path, err: BaseException) -> None:
