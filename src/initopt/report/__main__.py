@@ -31,14 +31,17 @@ def build(sweep_dir: Path, out: Path, target: float) -> Path:
     (out / "summary.md").write_text(table + "\n")
     write_csv(rows, out / "summary.csv")
 
-    pictures = [("Training curves", figures.training_curves(groups, out / "training_curves.png")),
-                ("Gradient norm per parameter tensor", figures.gradient_heatmaps(groups, out / "grad_norm_heatmaps.png"))]
+    pictures = [
+        ("Training curves", figures.training_curves(groups, out / "training_curves.png")),
+        ("Gradient norm per parameter tensor", figures.gradient_heatmaps(groups, out / "grad_norm_heatmaps.png")),
+    ]
     acts = figures.activations_by_depth(groups, out / "activations.png")
     if acts is not None:
         pictures.append(("Activations by depth", acts))
     lr_key = next((k for k in LR_KEYS if k in varying_keys(runs)), None)
     if lr_key is not None:
-        pictures.append(("Learning-rate sensitivity", figures.lr_sensitivity(groups, lr_key, out / "lr_sensitivity.png")))
+        lr_png = figures.lr_sensitivity(groups, lr_key, out / "lr_sensitivity.png")
+        pictures.append(("Learning-rate sensitivity", lr_png))
 
     page = [f"# Report: {sweep_dir}", "",
             f"{len(runs)} runs in {len(groups)} groups, varying: {', '.join(varying_keys(runs)) or 'nothing'}; "
