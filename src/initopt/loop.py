@@ -108,6 +108,20 @@ def _is_finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(v) for v in metrics.values())
 
 
+def is_checkpoint_due(settings: LoopSettings, step: int, interrupted: bool, save_checkpoint) -> bool:
+    """On a stop request, and every ``checkpoint_every`` steps, when there is a checkpoint to save."""
+    periodic = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0
+    return save_checkpoint is not None and (interrupted or periodic)
+
+
+def take_checkpoint(state, step: int, start: float, logger, save_checkpoint) -> None:
+    """Record where the loop is, flush the event files (logger position = step), then save."""
+    state.step, state.wall_time_s = step, time.perf_counter() - start
+    if logger is not None:
+        logger.flush()
+    save_checkpoint(state)
+
+
 def _write_activations(acts: ActivationRecorder, logger: RunLogger | None) -> None:
     steps, std, mean = acts.drain()
     if logger is not None and len(steps):
@@ -188,8 +202,7 @@ def fit(
 
         last = step == settings.steps
         interrupted = stop_requested()
-        checkpoint_due = save_checkpoint is not None and (
-            interrupted or (settings.checkpoint_every and step % settings.checkpoint_every == 0))
+        checkpoint_due = is_checkpoint_due(settings, step, interrupted, save_checkpoint)
         flush_due = last or checkpoint_due or step % settings.flush_every == 0
         if recorder is not None and (recorder.full or flush_due):
             records = recorder.drain()
@@ -211,10 +224,7 @@ def fit(
         if diverged_step is not None:
             break
         if checkpoint_due:
-            state.step, state.wall_time_s = step, time.perf_counter() - start
-            if logger is not None:
-                logger.flush()
-            save_checkpoint(state)
+            take_checkpoint(state, step, start, logger, save_checkpoint)
         if interrupted:
             break
     wall = time.perf_counter() - start

@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from initopt.data import BatchSampler, Dataset
-from initopt.loop import LoopSettings
+from initopt.loop import LoopSettings, is_checkpoint_due, take_checkpoint
 from initopt.probes import StepRecords
 from initopt.tb import RunLogger
 
@@ -258,8 +258,7 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
 
         last = step == settings.steps
         interrupted = stop_requested()
-        checkpoint_due = save_checkpoint is not None and (
-            interrupted or (settings.checkpoint_every and step % settings.checkpoint_every == 0))
+        checkpoint_due = is_checkpoint_due(settings, step, interrupted, save_checkpoint)
         if steps_buf and (len(steps_buf) == n_rows or last or checkpoint_due or step % settings.flush_every == 0):
             _drain(rows, steps_buf, times_buf, state, logs)
         alive = [d is None for d in state.diverged]
@@ -278,10 +277,7 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
         if not any(d is None for d in state.diverged):
             break
         if checkpoint_due:
-            state.step, state.wall_time_s = step, time.perf_counter() - start
-            if logs is not None:
-                logs.flush()
-            save_checkpoint(state)
+            take_checkpoint(state, step, start, logs, save_checkpoint)
         if interrupted:
             break
     finished = step == settings.steps or not any(d is None for d in state.diverged)

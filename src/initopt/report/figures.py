@@ -36,8 +36,8 @@ def _binned(steps: np.ndarray, values: np.ndarray, n_bins: int = MAX_POINTS):
             np.array([values[a:b].mean() for a, b in zip(edges, edges[1:])]))
 
 
-def seed_band(group: Group, tag: str):
-    """(steps, mean, low, high) of ``tag`` over the group's runs, on the steps all of them have."""
+def _aligned(group: Group, tag: str):
+    """(common steps, values per run on them) of ``tag`` over the group's runs, or None."""
     series = [r.scalars[tag] for r in group.runs if tag in r.scalars]
     if not series:
         return None
@@ -46,7 +46,15 @@ def seed_band(group: Group, tag: str):
         common = np.intersect1d(common, steps)
     if not len(common):
         return None
-    stack = np.stack([vals[np.searchsorted(steps, common)] for steps, vals in series])
+    return common, np.stack([vals[np.searchsorted(steps, common)] for steps, vals in series])
+
+
+def seed_band(group: Group, tag: str):
+    """(steps, mean, low, high) of ``tag`` over the group's runs, on the steps all of them have."""
+    aligned = _aligned(group, tag)
+    if aligned is None:
+        return None
+    common, stack = aligned
     stack = np.stack([_binned(common, row)[1] for row in stack])
     steps = _binned(common, common.astype(float))[1]
     return steps, stack.mean(0), stack.min(0), stack.max(0)
@@ -137,13 +145,11 @@ def gradient_heatmaps(groups: list[Group], path: Path) -> Path:
 
 def seed_band_log(group: Group, tag: str):
     """Geometric mean over seeds of a positive series (exact zeros floored), binned."""
-    series = [r.scalars[tag] for r in group.runs if tag in r.scalars]
-    if not series:
+    aligned = _aligned(group, tag)
+    if aligned is None:
         return None
-    common = series[0][0]
-    for steps, _ in series[1:]:
-        common = np.intersect1d(common, steps)
-    logs = np.stack([np.log(np.maximum(v[np.searchsorted(s, common)], FLOOR)) for s, v in series])
+    common, stack = aligned
+    logs = np.log(np.maximum(stack, FLOOR))
     steps, mean_log = _binned(common.astype(float), logs.mean(0))
     return steps, np.exp(mean_log)
 

@@ -1,0 +1,244 @@
+"""Speed ratios of initopt, each measured in one run with its variants interleaved.
+
+    python scripts/bench.py [--quick] [--out bench.json]
+
+1. framework loop (logging on) / minimal hand-written torch loop: toy and big MLP
+2. logging every step / no step logging (toy)
+3. K replicas in one process / K sequential runs: K = 1, 8, 32 (toy), 1, 8 (big)
+4. the homework grid (4 inits x 3 optimizers x 5 seeds) wall time: plain multirun, multirun with
+   replicas=5, and the joblib launcher with 2 workers of one thread each
+5. the big MLP's achieved FLOP/s (6 x weights x batch per step) / measured fp32 matmul peak
+
+toy = 2-64-64-1 ReLU on moons, batch 64; big = 784-512-256-256-128-10 ReLU on Fashion-MNIST
+(random data of that shape when the files are absent), batch 256; EMA momentum throughout.
+Each ratio is the median over repeats of variants run back to back (A B A B ...).
+Timings are never asserted in tests; this script is where they live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from initopt.checks import compose_job
+from initopt.data import BatchSampler, Dataset, load_dataset
+from initopt.loop import evaluate, fit, loss_function, new_state
+from initopt.models import count_parameters
+from initopt.optim import build_optimizer
+from initopt.replicas import StackedModel, fit_replicas, new_replica_state
+from initopt.tb import RunLogger
+from initopt.train import _seeded_model, _settings
+
+TOY = ["model.hidden=[64,64]", "data=moons", "batch_size=64", "optim=momentum"]
+BIG = ["model.hidden=[512,256,256,128]", "data=fashion_mnist", "batch_size=256", "optim=momentum"]
+CPU = torch.device("cpu")
+
+
+def config(base: list[str], steps: int, **extra):
+    overrides = [*base, f"steps={steps}", f"eval_every={steps}", "flush_every=100", "act_every=0"]
+    return compose_job(overrides + [f"{k}={v}" for k, v in extra.items()])
+
+
+def load(base: list[str]) -> tuple[Dataset, str]:
+    cfg = config(base, 10)
+    try:
+        return load_dataset(cfg.data, CPU, torch.float32), cfg.data.name
+    except Exception:  # no Fashion-MNIST files: random data of the same shape measures the same loop
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(60000, 784, generator=g), torch.randint(0, 10, (60000,), generator=g)
+        return Dataset(x, y, x[:10000], y[:10000], 10), "random 784-dim (Fashion-MNIST absent)"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- loops
+def framework_run(cfg, data, logdir: Path | None, log_every: int = 1) -> None:
+    model = _seeded_model(cfg, data, cfg.seed)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    settings = _settings(cfg)
+    settings.log_every = log_every
+    logger = RunLogger(logdir, [n for n, _ in model.named_parameters()]) if logdir else None
+    fit(model, optimizer, data, settings, logger, state=new_state(data, settings))
+    if logger:
+        logger.close()
+
+
+def minimal_run(cfg, data, final_eval: bool = True) -> None:
+    """What one would write by hand: same model, data, optimizer and batch order; no logging."""
+    model = _seeded_model(cfg, data, cfg.seed)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    sampler = BatchSampler(len(data.x_train), cfg.batch_size, cfg.seed, CPU)
+    loss_fn = loss_function(data.num_classes)
+    for _ in range(cfg.steps):
+        idx = sampler.next_indices()
+        loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if final_eval:
+        evaluate(model, data, loss_fn)
+
+
+def replicas_run(cfg, data, k: int, logdir: Path) -> None:
+    seeds = list(range(k))
+    settings = _settings(cfg)
+    models = [_seeded_model(cfg, data, s) for s in seeds]
+    names = [n for n, _ in models[0].named_parameters()]
+    from initopt.replicas import ReplicaLogs
+
+    stacked = StackedModel(models, batched_mlp=True)
+    optimizer = build_optimizer(stacked.parameters(), cfg.optim)
+    loggers = [RunLogger(logdir / f"r{s}", names) for s in seeds]
+    logs = ReplicaLogs(loggers, RunLogger(logdir / "agg", names, banded=ReplicaLogs.BANDED))
+    fit_replicas(stacked, optimizer, data, settings, new_replica_state(data, settings, seeds), logs)
+    for lg in (*loggers, logs.aggregate):
+        lg.close()
+
+
+def sequential_run(cfg, data, k: int, logdir: Path) -> None:
+    for s in range(k):
+        framework_run(compose_like(cfg, seed=s), data, logdir / f"s{s}")
+
+
+def compose_like(cfg, **changes):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, changes)
+
+
+# ---------------------------------------------------------------------------- compare
+def interleaved(variants: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each variant, run in turn ``repeats`` times (after one warm-up each)."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_peak(seconds: float = 1.5) -> float:
+    """fp32 FLOP/s of a 2048^3 matrix product on this machine (the best of repeats: a peak)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    samples, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        samples.append(timed(lambda: torch.mm(a, b)))
+    return 2 * 2048**3 / min(samples)
+
+
+def grid_wall(args: list[str], tmp: Path, env_extra: dict | None = None) -> float:
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "initopt.train", "-m", *args, f"hydra.sweep.dir={tmp}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes)")
+    parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    args = parser.parse_args()
+    q = args.quick
+    toy_steps, big_steps, repeats = (300, 30, 3) if q else (2000, 100, 5)
+    print(f"measuring ({'quick' if q else 'full'}); this takes {'about 2' if q else 'about 8'} minutes",
+          file=sys.stderr)
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+                     "quick": q}
+    toy_data, _ = load(TOY)
+    big_data, big_name = load(BIG)
+    # 5,000 training and 1,000 held-out images: the per-step cost is the same, and the final
+    # evaluation (on every training example) no longer outweighs the steps being compared
+    big_data = Dataset(big_data.x_train[:5000], big_data.y_train[:5000], big_data.x_test[:1000],
+                       big_data.y_test[:1000], big_data.num_classes)
+    results["big_data"] = big_name
+    rows = []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n = iter(range(10**6))
+        for label, base, data, steps in (("toy", TOY, toy_data, toy_steps), ("big", BIG, big_data, big_steps)):
+            cfg = config(base, steps)
+            med = interleaved({"framework": lambda c=cfg, d=data: framework_run(c, d, tmp / f"f{next(n)}"),
+                               "minimal": lambda c=cfg, d=data: minimal_run(c, d)}, repeats)
+            results[f"step_us_{label}"] = {k: v / steps * 1e6 for k, v in med.items()}
+            rows.append((f"1. framework loop / minimal loop ({label})", med["framework"] / med["minimal"], "<= 1.10"))
+
+        cfg = config(TOY, toy_steps)
+        med = interleaved({"every": lambda: framework_run(cfg, toy_data, tmp / f"l{next(n)}", 1),
+                           "off": lambda: framework_run(cfg, toy_data, tmp / f"o{next(n)}", 0)}, repeats)
+        rows.append(("2. logging every step / no logging (toy)", med["every"] / med["off"], "<= 1.15"))
+
+        for label, base, data, steps, ks in (("toy", TOY, toy_data, toy_steps, (1, 8, 32)),
+                                             ("big", BIG, big_data, big_steps, (1, 8))):
+            cfg = config(base, steps)
+            for k in ks:
+                med = interleaved({
+                    "replicas": lambda c=cfg, d=data, k=k: replicas_run(c, d, k, tmp / f"r{next(n)}"),
+                    "sequential": lambda c=cfg, d=data, k=k: sequential_run(c, d, k, tmp / f"s{next(n)}")},
+                    1 if label == "big" or (q and k == 32) else repeats)
+                target = ">= 10x faster" if (label, k) == ("toy", 32) else ""
+                rows.append((f"3. {k} replicas / {k} sequential runs ({label})",
+                             med["replicas"] / med["sequential"], target))
+
+        grid = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "model.hidden=[64,64]",
+                f"steps={50 if q else 500}", "eval_every=100", "act_every=0"]
+        seeds = "seed=0,1,2,3,4"
+        walls = {
+            "plain multirun (60 jobs)": grid_wall([*grid, seeds], tmp / "g1"),
+            "multirun with replicas=5 (12 jobs)": grid_wall([*grid, "replicas=5"], tmp / "g2"),
+        }
+        try:
+            import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+
+            walls["joblib, 2 workers x 1 thread (60 jobs)"] = grid_wall(["+launcher=joblib", *grid, seeds], tmp / "g3")
+        except ImportError:
+            walls["joblib"] = float("nan")
+        results["grid_wall_s"] = walls
+        plain = walls["plain multirun (60 jobs)"]
+        for name, wall in walls.items():
+            if name != "plain multirun (60 jobs)":
+                rows.append((f"4. homework grid: {name} / plain multirun", wall / plain,
+                             ">= 5x faster" if "replicas" in name else ""))
+
+    cfg = config(BIG, big_steps)
+    weights = count_parameters(_seeded_model(cfg, big_data, 0))
+
+    step_s = interleaved({"big": lambda: minimal_run(cfg, big_data, final_eval=False)}, repeats)["big"] / big_steps
+    achieved = 6 * weights * cfg.batch_size / step_s
+    peak = matmul_peak()
+    results["big_mlp_flops"] = {"achieved": achieved, "matmul_peak": peak, "weights": weights}
+    rows.append(("5. big MLP FLOP/s / fp32 matmul peak", achieved / peak, ">= 0.50"))
+
+    results["ratios"] = [{"measure": m, "ratio": r, "target": t} for m, r, t in rows]
+    print(f"machine: {results['machine']}; big data: {big_name}; {'quick' if q else 'full'} run")
+    width = max(len(m) for m, _, _ in rows)
+    print(f"{'measure':<{width}}  {'ratio':>8}  target")
+    for m, r, t in rows:
+        print(f"{m:<{width}}  {r:8.3f}  {t}")
+    for name, wall in walls.items():
+        print(f"   grid wall time, {name}: {wall:.1f} s")
+    print(f"   big MLP: {achieved / 1e9:.1f} GFLOP/s achieved, matmul peak {peak / 1e9:.1f} GFLOP/s")
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
