@@ -194,7 +194,7 @@ def fit(
         loss = loss_fn(model(x), y)
         if acts is not None and acts.armed:
             acts.record(step)
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()
         loss.backward()
         if recorder is not None and step % settings.log_every == 0:
             recorder.record(step, loss, time.time())

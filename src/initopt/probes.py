@@ -59,7 +59,6 @@ class StepRecorder:
     def __init__(self, params: list[torch.nn.Parameter], capacity: int, device: torch.device):
         self.params = params
         self.capacity = capacity
-        self._grads: list[torch.Tensor] | None = None
         self._norms: list[tuple[torch.Tensor, ...]] = []
         self._losses: list[torch.Tensor] = []
         self._steps: list[int] = []
@@ -67,9 +66,7 @@ class StepRecorder:
 
     def record(self, step: int, loss: torch.Tensor, walltime: float) -> None:
         """Store this step's gradient norms and loss (call after backward, before the step)."""
-        if self._grads is None:  # grads are kept in place between steps (zero_grad(set_to_none=False))
-            self._grads = [p.grad for p in self.params]
-        self._norms.append(torch._foreach_norm(self._grads))
+        self._norms.append(torch._foreach_norm([p.grad for p in self.params]))
         self._losses.append(loss.detach())
         self._steps.append(step)
         self._times.append(walltime)

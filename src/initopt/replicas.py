@@ -246,7 +246,7 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
             idx = torch.stack(indices)
             logits, y = model(data.x_train[idx]), data.y_train[idx]
         losses = replica_losses(logits, y, data.num_classes)
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()
         losses.sum().backward()
         if settings.log_every and step % settings.log_every == 0:
             row = rows[len(steps_buf)]

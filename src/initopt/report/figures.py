@@ -100,7 +100,8 @@ def _depth_order(tags: list[str], prefix: str) -> list[str]:
     def key(tag):
         name = tag[len(prefix):]
         layer = re.match(r"(fc|act)(\d+)", name)
-        return (1, 0, name) if layer is None else (0, int(layer.group(2)), name)
+        kind = 1 if name.endswith(".bias") else 0  # a layer's weight above its bias
+        return (1, 0, kind, name) if layer is None else (0, int(layer.group(2)), kind, name)
     return sorted(tags, key=key)
 
 
