@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
     args = parser.parse_args()
     q = args.quick
-    toy_steps, big_steps, repeats = (300, 30, 3) if q else (2000, 100, 5)
+    toy_steps, big_steps, repeats = (200, 20, 3) if q else (2000, 100, 5)
     print(f"measuring ({'quick' if q else 'full'}); this takes {'about 2' if q else 'about 8'} minutes",
           file=sys.stderr)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
