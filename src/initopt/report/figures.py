@@ -27,6 +27,16 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax, path: Path, legend_size: int = 8) -> Path:
+    """Grid, legend, tight layout; save as PNG and close."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _binned(steps: np.ndarray, values: np.ndarray, n_bins: int = MAX_POINTS):
     """Mean of ``values`` in at most ``n_bins`` equal bins of consecutive steps."""
     if len(steps) <= n_bins:
@@ -178,12 +188,7 @@ def activations_by_depth(groups: list[Group], path: Path) -> Path | None:
     ax.set(yscale="log", xlabel="hidden layer (depth)", ylabel="std of the layer's output",
            title="activations by depth (mean over seeds)")
     ax.set_xticks(depth)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, legend_size=7)
 
 
 def lr_sensitivity(groups: list[Group], lr_key: str, path: Path) -> Path:
@@ -203,9 +208,4 @@ def lr_sensitivity(groups: list[Group], lr_key: str, path: Path) -> Path:
         ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=label)
     ax.set(xscale="log", xlabel=f"learning rate ({lr_key})", ylabel="final held-out accuracy",
            ylim=(-0.02, 1.02), title="learning-rate sensitivity (mean ± std over seeds; gaps: diverged)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
