@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     q = args.quick
     toy_steps, big_steps, repeats = (200, 20, 3) if q else (2000, 100, 5)
-    print(f"measuring ({'quick' if q else 'full'}); this takes {'about 2' if q else 'about 8'} minutes",
+    print(f"measuring ({'quick' if q else 'full'}); this takes {'under 2' if q else 'about 7'} minutes",
           file=sys.stderr)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                                 f"torch {torch.__version__}, {torch.get_num_threads()} threads",
