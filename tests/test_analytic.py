@@ -80,6 +80,15 @@ def test_stable_exactly_below_the_edge_and_kinds_follow_the_complex_range(s, bet
         assert kind == "real"
 
 
+@FEW
+@given(s=sigma, beta=st.floats(0.02, 0.99), eta=st.floats(0.001, 2.0))
+def test_heavy_ball_matrix_has_the_ema_eigenvalues_under_the_mapping(s, beta, eta):
+    mapped = cf.heavy_ball_equivalent(eta, beta)
+    hb = np.sort_complex(np.linalg.eigvals(cf.heavy_ball_matrix(mapped["lr"], mapped["momentum"], s)))
+    ema = np.sort_complex(np.linalg.eigvals(cf.momentum_matrix(eta, beta, s)))
+    np.testing.assert_allclose(hb, ema, atol=1e-6)
+
+
 @pytest.mark.parametrize("beta", [0.05, 0.3, 0.9])
 def test_eigenvalues_repeat_at_both_ends_of_the_complex_range(beta):
     for eta in cf.momentum_complex_eta_range(beta, 2.0):

@@ -43,9 +43,6 @@ class MLP(nn.Sequential):
         """The hidden layers' nonlinearities ``act1 .. actN``: their outputs are the activations."""
         return [(n, m) for n, m in self.named_children() if n.startswith("act")]
 
-    def linear_layers(self) -> list[tuple[str, nn.Linear]]:
-        return [(n, m) for n, m in self.named_children() if isinstance(m, nn.Linear)]
-
 
 def build_model(cfg, n_in: int, n_out: int) -> MLP:
     return MLP(n_in, list(cfg.hidden), n_out, cfg.activation, cfg.bias)

@@ -45,9 +45,6 @@ class StepRecords:
         bad = ~np.isfinite(self.loss) | ~np.isfinite(self.grad_norms).all(axis=1)
         return int(self.steps[bad.argmax()]) if bad.any() else None
 
-    def __len__(self) -> int:
-        return len(self.steps)
-
 
 class StepRecorder:
     """Buffers up to ``capacity`` steps of norms on the device; :meth:`drain` empties it to the host.
