@@ -151,6 +151,15 @@ class ReplicaState:
     diverged: list[int | None] = field(default_factory=list)
     wall_time_s: float = 0.0
 
+    @property
+    def alive(self) -> list[bool]:
+        """Which replicas have not diverged."""
+        return [d is None for d in self.diverged]
+
+    @property
+    def any_alive(self) -> bool:
+        return None in self.diverged
+
     def state_dict(self) -> dict:
         return {"samplers": [s.state_dict() for s in self.samplers], "step": self.step,
                 "histories": [[[s, m] for s, m in h] for h in self.histories],
@@ -261,28 +270,32 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
         checkpoint_due = is_checkpoint_due(settings, step, interrupted, save_checkpoint)
         if steps_buf and (len(steps_buf) == n_rows or last or checkpoint_due or step % settings.flush_every == 0):
             _drain(rows, steps_buf, times_buf, state, logs)
-        alive = [d is None for d in state.diverged]
-        if any(alive) and (step % settings.eval_every == 0 or last):
-            table = evaluate_replicas(model, data)
-            for r in range(k):
-                if alive[r] and not np.isfinite(table[r]).all():
-                    state.diverged[r] = step
-                elif alive[r]:
-                    state.histories[r].append((step, dict(zip(METRIC_KEYS, table[r].tolist()))))
-            alive = [d is None for d in state.diverged]
-            if logs is not None:
-                logs.write_eval(step, table, alive)
+        if state.any_alive and (step % settings.eval_every == 0 or last):
+            _evaluate_into(state, model, data, step, logs)
         if progress is not None:
             progress.update(1)
-        if not any(d is None for d in state.diverged):
+        if not state.any_alive:
             break
         if checkpoint_due:
             take_checkpoint(state, step, start, logs, save_checkpoint)
         if interrupted:
             break
-    finished = step == settings.steps or not any(d is None for d in state.diverged)
+    finished = step == settings.steps or not state.any_alive
     return ReplicaResult(step, time.perf_counter() - start, state.histories, state.diverged,
                          interrupted and not finished)
+
+
+def _evaluate_into(state: ReplicaState, model: StackedModel, data: Dataset, step: int,
+                   logs: ReplicaLogs | None) -> None:
+    """Evaluate every replica; a non-finite result marks it diverged, a finite one joins its history."""
+    table = evaluate_replicas(model, data)
+    for r, alive in enumerate(state.alive):
+        if alive and not np.isfinite(table[r]).all():
+            state.diverged[r] = step
+        elif alive:
+            state.histories[r].append((step, dict(zip(METRIC_KEYS, table[r].tolist()))))
+    if logs is not None:
+        logs.write_eval(step, table, state.alive)
 
 
 def _drain(rows: torch.Tensor, steps_buf: list[int], times_buf: list[float], state: ReplicaState,
@@ -296,6 +309,6 @@ def _drain(rows: torch.Tensor, steps_buf: list[int], times_buf: list[float], sta
         if state.diverged[r] is None and bad.any():
             state.diverged[r] = int(steps[bad.argmax()])
     if logs is not None:
-        logs.write_steps(steps, times, host, [d is None for d in state.diverged])
+        logs.write_steps(steps, times, host, state.alive)
     steps_buf.clear()
     times_buf.clear()

@@ -55,8 +55,9 @@ def finished_run(output_dir: Path) -> dict | None:
     return metrics if metrics.get("status") in FINISHED else None
 
 
-def check_can_continue(cfg: DictConfig, output_dir: Path) -> None:
-    """Refuse a directory that holds another config's run or an unreadable checkpoint."""
+def check_can_continue(cfg: DictConfig, output_dir: Path) -> dict | None:
+    """Refuse a directory that holds another config's run or an unreadable checkpoint;
+    return the finished run's metrics when the directory holds this config's finished run."""
     fingerprint = config_fingerprint(cfg)
     done = finished_run(output_dir)
     if done is not None and done.get("fingerprint") not in (None, fingerprint):
@@ -64,6 +65,7 @@ def check_can_continue(cfg: DictConfig, output_dir: Path) -> None:
                           "holds a finished run of another config; choose a new directory")
     if (output_dir / CHECKPOINT).exists() and done is None:
         load_checkpoint(output_dir / CHECKPOINT, fingerprint, torch.device("cpu"))
+    return done
 
 
 def save_checkpoint(path: Path, fingerprint: str, model, optimizer, loop_state) -> None:
@@ -94,6 +96,14 @@ def load_checkpoint(path: Path, fingerprint: str, device: torch.device) -> dict:
         raise ConfigError("checkpoint", str(path), "was written by a run with another config; "
                           "resume with the same overrides or choose a new directory")
     return payload
+
+
+def resume_if_checkpointed(cfg: DictConfig, checkpoint: Path, fingerprint: str, model, optimizer,
+                           loop_state, device: torch.device, run_name: str) -> None:
+    """Continue from ``checkpoint`` when it exists and resuming is on (model, optimizer, loop state)."""
+    if cfg.resume and checkpoint.exists():
+        restore(load_checkpoint(checkpoint, fingerprint, device), model, optimizer, loop_state)
+        print(f"[{run_name or 'run'}] resuming at step {loop_state.step} from {checkpoint}")
 
 
 def restore(payload: dict, model, optimizer, loop_state) -> None:

@@ -100,8 +100,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     """
     validate(cfg)
     if cfg.resume:
-        resume.check_can_continue(cfg, output_dir)
-        done = resume.finished_run(output_dir)
+        done = resume.check_can_continue(cfg, output_dir)
         if done is not None:
             print(f"[{run_name or 'run'}] already finished ({done['status']}); kept as it is: {output_dir}")
             return done
@@ -141,9 +140,8 @@ def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str,
     settings = _settings(cfg)
     state = new_state(data, settings)
     checkpoint = output_dir / resume.CHECKPOINT
-    if cfg.resume and checkpoint.exists():
-        resume.restore(resume.load_checkpoint(checkpoint, fingerprint, data.x_train.device), model, optimizer, state)
-        print(f"[{run_name or 'run'}] resuming at step {state.step} from {checkpoint}")
+    resume.resume_if_checkpointed(cfg, checkpoint, fingerprint, model, optimizer, state, data.x_train.device,
+                                  run_name)
 
     logger = RunLogger(output_dir, param_names, resume_step=state.step + 1 if state.step else None)
     save = lambda st: resume.save_checkpoint(checkpoint, fingerprint, model, optimizer, st)  # noqa: E731
@@ -224,9 +222,8 @@ def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy) 
     optimizer = build_optimizer(stacked.parameters(), cfg.optim)
     state = new_replica_state(data, settings, seeds)
     checkpoint = output_dir / resume.CHECKPOINT
-    if cfg.resume and checkpoint.exists():
-        resume.restore(resume.load_checkpoint(checkpoint, fingerprint, data.x_train.device), stacked, optimizer, state)
-        print(f"[{run_name or 'run'}] resuming at step {state.step} from {checkpoint}")
+    resume.resume_if_checkpointed(cfg, checkpoint, fingerprint, stacked, optimizer, state, data.x_train.device,
+                                  run_name)
     purge = state.step + 1 if state.step else None
     loggers = [RunLogger(_replica_dir(output_dir, s), param_names, purge) for s in seeds]
     if purge is None:
