@@ -102,12 +102,22 @@ def test_limit_train_keeps_the_first_examples():
 
 
 def test_batches_cover_each_epoch_once_in_a_seeded_order():
-    s1, s2 = BatchSampler(100, 25, seed=3, device=CPU), BatchSampler(100, 25, seed=3, device=CPU)
-    epoch = torch.cat([s1.next_indices() for _ in range(4)])
+    s1, s2 = BatchSampler(100, 25, seeds=[3], device=CPU), BatchSampler(100, 25, seeds=[3], device=CPU)
+    epoch = torch.cat([s1.next_indices()[0] for _ in range(4)])
     assert sorted(epoch.tolist()) == list(range(100))
-    assert torch.equal(epoch, torch.cat([s2.next_indices() for _ in range(4)]))
-    assert not torch.equal(epoch, torch.cat([s1.next_indices() for _ in range(4)]))
+    assert torch.equal(epoch, torch.cat([s2.next_indices()[0] for _ in range(4)]))
+    assert not torch.equal(epoch, torch.cat([s1.next_indices()[0] for _ in range(4)]))
+
+
+def test_each_member_draws_the_batches_of_a_separate_sampler_with_its_seed():
+    together = BatchSampler(100, 25, seeds=[3, 7], device=CPU)
+    alone = [BatchSampler(100, 25, seeds=[s], device=CPU) for s in (3, 7)]
+    for _ in range(9):
+        both = together.next_indices()
+        assert both.shape == (2, 25)
+        for k, sampler in enumerate(alone):
+            assert torch.equal(both[k], sampler.next_indices()[0])
 
 
 def test_a_batch_as_large_as_the_data_is_full_batch_gradient_descent():
-    assert BatchSampler(100, 100, seed=0, device=CPU).next_indices() is None
+    assert BatchSampler(100, 100, seeds=[0], device=CPU).next_indices() is None

@@ -1,4 +1,6 @@
-"""K replicas in one process equal K separate runs with those seeds."""
+"""K replicas in one process: per-replica and aggregate outputs, equal to the single runs.
+
+(That every member of a population equals a separate torch.optim run is tests/test_engine.py.)"""
 
 from __future__ import annotations
 
@@ -6,64 +8,33 @@ import pytest
 import torch
 from conftest import read_metrics, run_cli, scalar_tags
 
-from initopt.checks import compose_job
-from initopt.data import load_dataset
-from initopt.loop import fit, new_state
-from initopt.optim import build_optimizer
-from initopt.replicas import StackedModel, fit_replicas, new_replica_state, replica_strategy
-from initopt.train import _seeded_model, _settings
-
-OPTIMS = [
-    ["optim=sgd"],
-    ["optim=momentum", "optim.form=ema"],
-    ["optim=momentum", "optim.form=heavy_ball", "optim.lr=0.01"],
-    ["optim=adam", "optim.fused=false"],
-    ["optim=adam", "optim.fused=true"],
-]
+from initopt.engine import forward_mode
+from initopt.models import MLP
 
 
-def separate_and_stacked(overrides: list[str], seeds: list[int], batched_mlp: bool):
-    cfg = compose_job(["dtype=float64", "steps=60", "eval_every=20", "log_every=0", *overrides])
-    data = load_dataset(cfg.data, torch.device("cpu"), torch.float64)
-    settings = _settings(cfg)
-    singles = []
-    for seed in seeds:
-        model = _seeded_model(cfg, data, seed)
-        opt = build_optimizer(model.parameters(), cfg.optim)
-        settings.seed = seed
-        result = fit(model, opt, data, settings, state=new_state(data, settings))
-        singles.append((model.state_dict(), result.history))
-    stacked = StackedModel([_seeded_model(cfg, data, s) for s in seeds], batched_mlp=batched_mlp)
-    opt = build_optimizer(stacked.parameters(), cfg.optim)
-    result = fit_replicas(stacked, opt, data, settings, new_replica_state(data, settings, seeds))
-    return singles, stacked, result
+def test_auto_stacks_small_networks_and_runs_big_ones_one_after_another():
+    toy, big = MLP(2, [64, 64], 1, "relu", True), MLP(784, [512, 256, 256, 128], 10, "relu", True)
+    assert forward_mode("auto", toy, 64) == "stacked"
+    assert forward_mode("auto", big, 256) == "sequential"
+    assert forward_mode("vmap", big, 256) == "vmap"
 
 
-@pytest.mark.parametrize("batched_mlp", [True, False], ids=["stacked", "vmap"])
-@pytest.mark.parametrize("optim", OPTIMS, ids=lambda o: " ".join(o))
-def test_each_replica_equals_a_separate_run_with_its_seed(optim, batched_mlp):
-    seeds = [0, 1, 5]
-    singles, stacked, result = separate_and_stacked(optim, seeds, batched_mlp)
-    for r, (weights, history) in enumerate(singles):
-        for name, tensor in stacked.replica_state_dict(r).items():
-            torch.testing.assert_close(tensor, weights[name], rtol=1e-10, atol=1e-12)
-        for (s1, m1), (s2, m2) in zip(history, result.histories[r]):
-            assert s1 == s2 and m1 == pytest.approx(m2, rel=1e-9, abs=1e-12)
-
-
-def test_ten_class_data_and_full_batch_work_the_same_way():
-    singles, stacked, result = separate_and_stacked(
-        ["data=digits", "model.hidden=[16]", "batch_size=1347", "optim=adam"], [0, 3], batched_mlp=True)
-    for r, (weights, _) in enumerate(singles):
-        for name, tensor in stacked.replica_state_dict(r).items():
-            torch.testing.assert_close(tensor, weights[name], rtol=1e-10, atol=1e-12)
-
-
-def test_auto_vectorizes_small_networks_and_runs_big_ones_one_after_another():
-    assert replica_strategy("auto", 4_417, 64, is_mlp=True) == "stacked"
-    assert replica_strategy("auto", 4_417, 64, is_mlp=False) == "vmap"
-    assert replica_strategy("auto", 669_706, 256, is_mlp=True) == "sequential"
-    assert replica_strategy("vmap", 669_706, 256, is_mlp=True) == "vmap"
+def test_sequential_replicas_resume_without_retraining_finished_members(tmp_path):
+    """Bug: replicas_mode=sequential interrupted during replica 2 retrained replica 1 from scratch."""
+    args = ["replicas=2", "replicas_mode=sequential", "model.hidden=[8]", "steps=30", "eval_every=10",
+            "hydra.run.dir=job"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    first = tmp_path / "job/replicas/seed=0"
+    before = (first / "metrics.json").read_text(), sorted(p.name for p in first.iterdir())
+    # as if interrupted during replica 2: its outputs and the job's own metrics are not there yet
+    (tmp_path / "job/metrics.json").unlink()
+    for path in (tmp_path / "job/replicas/seed=1").iterdir():
+        path.unlink()
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ((first / "metrics.json").read_text(), sorted(p.name for p in first.iterdir())) == before
+    assert len(list(first.glob("events.out.tfevents*"))) == 1
+    assert read_metrics(tmp_path / "job")["seeds"] == [0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +51,7 @@ def replica_job(tmp_path_factory):
 def test_a_replica_job_writes_per_replica_and_aggregate_results(replica_job):
     m = read_metrics(replica_job / "job")
     assert m["seeds"] == [4, 5, 6] and m["replicas_mode"] == "stacked"
+    assert m["schema"] == 2
     finals = [r["final"]["test_accuracy"] for r in m["replicas"]]
     assert m["final"]["test_accuracy"] == pytest.approx(sum(finals) / 3)
     for r in m["replicas"]:

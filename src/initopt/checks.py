@@ -9,6 +9,7 @@ so a typo costs one line and creates no output directory.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -129,13 +130,32 @@ def _override_value(overrides: list[str], key: str) -> str | None:
 
 
 def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> None:
-    from initopt.resume import check_can_continue
+    """A chosen directory: writable; not another config's finished run; with ``resume=false``
+    empty, or moved aside first when ``overwrite=true`` (before Hydra writes anything into it)."""
+    from initopt import rundir
+    from initopt.engine import checkpoint
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     chosen = _override_value(overrides, key)
     check_writable(key, chosen or ("multirun" if multirun else "outputs"))
-    if chosen and not multirun and cfg.resume:
-        check_can_continue(cfg, Path(chosen))
+    if not chosen:
+        return
+    path = Path(chosen)
+    occupied = any(path.iterdir()) if multirun and path.is_dir() else rundir.holds_a_run(path)
+    if not cfg.resume and occupied:
+        if not cfg.overwrite:
+            raise ConfigError("resume", False, f"{chosen} holds a run; resume=true continues it, "
+                              "overwrite=true moves it aside and starts anew")
+        print(f"overwrite=true: the old run in {chosen} was moved to {rundir.move_aside(path)}", file=sys.stderr)
+        return
+    if not multirun and cfg.resume:
+        fp = rundir.fingerprint(cfg)
+        state = rundir.classify(path, fp) if cfg.replicas == 1 else "empty"
+        if state == "foreign":
+            raise ConfigError(key, chosen, "holds a finished run of another config; choose a new directory "
+                              "(or resume=false overwrite=true)")
+        if state == "resumable":
+            checkpoint.load(path / rundir.CHECKPOINT, [fp])
 
 
 def precheck_command_line(argv: list[str]) -> None:

@@ -139,6 +139,7 @@ class TrainConfig:
     act_every: int = 10
     checkpoint_every: int = 0
     resume: bool = True
+    overwrite: bool = False
     threads: int = 0
     deterministic: bool = False
     progress: bool = True
@@ -274,5 +275,15 @@ def validate(cfg: DictConfig) -> None:
         _non_negative(key, cfg[key])
 
 
+def register_resolvers() -> None:
+    """``${initopt_non_run_keys:}`` in conf/train.yaml: Hydra's directory names leave out the keys
+    that do not change a run, from the one list in :mod:`initopt.rundir`."""
+    from initopt.rundir import dirname_exclude_keys
+
+    if not OmegaConf.has_resolver("initopt_non_run_keys"):
+        OmegaConf.register_new_resolver("initopt_non_run_keys", dirname_exclude_keys)
+
+
 # The YAML files extend these schemas by name: register them whenever configs may be composed.
 register_schemas()
+register_resolvers()

@@ -232,36 +232,43 @@ def load_dataset(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> D
 
 # -------------------------------------------------------------------------- batches
 class BatchSampler:
-    """Endless mini-batches: slices of a fresh random permutation of the training set each epoch.
+    """Endless mini-batches for K members: member k's are slices of a fresh random permutation
+    of the training set each epoch, drawn from its own CPU generator seeded with ``seeds[k]``.
 
-    The permutation comes from its own CPU generator seeded with ``seed``, so the batch
-    order depends on the seed alone (not on the device or on other random draws). The
+    So a member's batch order depends on its seed alone (not on the device, the other members or
+    other random draws): a member sees exactly the batches of a separate run with its seed. The
     last, short slice of an epoch is dropped so every step sees ``batch_size`` examples;
-    ``batch_size == n`` is full-batch gradient descent (no shuffling needed).
+    ``batch_size == n`` is full-batch gradient descent (no shuffling needed). The permutations
+    live on the device as one ``(K, n)`` tensor; a step's indices are a ``(K, batch_size)`` slice.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, n: int, batch_size: int, seeds: list[int], device: torch.device):
         self.n, self.batch_size, self.device = n, batch_size, device
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.full_batch = batch_size >= n
-        self._order = torch.arange(n, device=device)
-        self._pos = n  # forces a new permutation on the first call
+        self._order = torch.arange(n, device=device).expand(len(seeds), n)
+        self._pos = n  # forces new permutations on the first call
 
     def next_indices(self) -> torch.Tensor | None:
-        """Indices of the next batch, or None for the whole training set."""
+        """``(K, batch_size)`` indices of the next batches, or None for the whole training set."""
         if self.full_batch:
             return None
         if self._pos + self.batch_size > self.n:
-            self._order = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self._order = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators]).to(self.device)
             self._pos = 0
-        idx = self._order[self._pos : self._pos + self.batch_size]
+        idx = self._order[:, self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return idx
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self._order.cpu(), "pos": self._pos}
+    def state_dict(self, members: list[int]) -> dict:
+        """The given members' generators and permutations (the position is common to all)."""
+        return {"generators": [self.generators[k].get_state() for k in members],
+                "order": self._order[members].cpu(), "pos": self._pos}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self._order = state["order"].to(self.device)
-        self._pos = state["pos"]
+    def load_state_dict(self, state: dict, members: list[int]) -> None:
+        """Generator states stay on the CPU, whatever device the checkpoint was loaded to."""
+        for k, s in zip(members, state["generators"]):
+            self.generators[k].set_state(s.cpu())
+        order = self._order.clone()
+        order[members] = state["order"].to(self.device)
+        self._order, self._pos = order, state["pos"]

@@ -1,10 +1,11 @@
-"""Per-step statistics computed on the device and buffered there until a flush.
+"""Per-step statistics of every member, written on the device into buffers allocated once.
 
-Each recorded step keeps ``[||g_1||_2, ..., ||g_P||_2]`` and the batch loss as device
-tensors: the L2 norm of every parameter tensor's gradient (weight and bias per layer),
-from one ``_foreach_norm`` launch. Nothing is copied to the host until
-:meth:`StepRecorder.drain`, so recording costs no host-device sync.
-The summaries are derived at drain time on the host:
+A recorded step stores, for each member k of a population of K,
+``[||g_k1||_2, ..., ||g_kP||_2, loss_k]``: the L2 norm of the gradient of each parameter tensor
+(weight and bias per layer) and the mini-batch loss, into row ``slot`` of a device buffer
+``(capacity, K, P + 1)``; ``slot`` is a device counter, so recording needs no host sync and the
+step can be captured. :meth:`StepRecorder.drain` copies the filled rows to the host once. The
+summaries are derived on the host, per member:
 
 * mean gradient norm (the homework's):  (1/P) sum_p ||g_p||_2
 * global gradient norm:                 sqrt(sum_p ||g_p||_2^2)
@@ -18,15 +19,15 @@ import numpy as np
 import torch
 
 
-def grad_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norm of each tensor, one fused kernel launch (``torch._foreach_norm``, as
-    ``torch.nn.utils.clip_grad_norm_`` uses) instead of one launch per tensor."""
-    return list(torch._foreach_norm(grads))
+def member_grad_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """``(K, P)``: ||g_kp||_2 for member k and parameter tensor p (grads stacked ``(K, *shape)``)."""
+    k = grads[0].shape[0]
+    return torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads], dim=1)
 
 
 @dataclass
 class StepRecords:
-    """What a drain hands to the logger: host arrays, one row per recorded step."""
+    """One member's records as host arrays, one row per recorded step."""
 
     steps: np.ndarray  # (n,) optimizer step numbers (1-based)
     walltimes: np.ndarray  # (n,) seconds since the epoch
@@ -41,91 +42,89 @@ class StepRecords:
     def global_grad_norm(self) -> np.ndarray:
         return np.sqrt((self.grad_norms**2).sum(axis=1))
 
-    def first_non_finite_step(self) -> int | None:
-        bad = ~np.isfinite(self.loss) | ~np.isfinite(self.grad_norms).all(axis=1)
-        return int(self.steps[bad.argmax()]) if bad.any() else None
+
+@dataclass
+class PopulationRecords:
+    """What a drain hands to the sinks: ``rows`` ``(n, K, P + 1)`` (norms, then the loss)."""
+
+    steps: np.ndarray
+    walltimes: np.ndarray
+    rows: np.ndarray
+
+    def member(self, k: int, until: int | None = None) -> StepRecords:
+        """Member k's rows (those up to step ``until`` when given: where it diverged)."""
+        keep = slice(None) if until is None else self.steps <= until
+        return StepRecords(self.steps[keep], self.walltimes[keep], self.rows[keep, k, :-1], self.rows[keep, k, -1])
+
+    def reduce(self, members: np.ndarray, how) -> StepRecords:
+        """A summary over the given members, e.g. ``how=np.mean`` (NaN rows when there are none)."""
+        picked = self.rows[:, members]
+        table = how(picked, axis=1) if picked.shape[1] else np.full(picked.shape[:1] + picked.shape[2:], np.nan)
+        return self._records(table)
+
+    def _records(self, table: np.ndarray) -> StepRecords:
+        return StepRecords(self.steps, self.walltimes, table[:, :-1], table[:, -1])
 
 
 class StepRecorder:
-    """Buffers up to ``capacity`` steps of norms on the device; :meth:`drain` empties it to the host.
+    """Device buffer of per-step rows; the step writes at a device-side slot, the host drains."""
 
-    A step costs one ``_foreach_norm`` launch and two list appends; the stacking into one
-    ``(n, P + 1)`` tensor and the single device-to-host copy happen at the drain.
-    """
+    def __init__(self, k: int, n_params: int, capacity: int, device: torch.device, dtype: torch.dtype):
+        self.rows = torch.zeros(capacity, k, n_params + 1, device=device, dtype=dtype)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.steps: list[int] = []
+        self.times: list[float] = []
 
-    def __init__(self, params: list[torch.nn.Parameter], capacity: int, device: torch.device):
-        self.params = params
-        self.capacity = capacity
-        self._norms: list[tuple[torch.Tensor, ...]] = []
-        self._losses: list[torch.Tensor] = []
-        self._steps: list[int] = []
-        self._times: list[float] = []
+    def write(self, norms: torch.Tensor, losses: torch.Tensor) -> None:
+        """Inside the step: row ``slot`` <- [norms | loss] for every member; ``slot += 1``."""
+        self.rows.index_copy_(0, self.slot, torch.cat([norms, losses.unsqueeze(1)], dim=1).unsqueeze(0))
+        self.slot.add_(1)
 
-    def record(self, step: int, loss: torch.Tensor, walltime: float) -> None:
-        """Store this step's gradient norms and loss (call after backward, before the step)."""
-        self._norms.append(torch._foreach_norm([p.grad for p in self.params]))
-        self._losses.append(loss.detach())
-        self._steps.append(step)
-        self._times.append(walltime)
+    def mark(self, step: int, walltime: float) -> None:
+        """On the host, after a recording step: which step the row belongs to."""
+        self.steps.append(step)
+        self.times.append(walltime)
 
     @property
     def full(self) -> bool:
-        return len(self._steps) == self.capacity
+        return len(self.steps) == len(self.rows)
 
-    def drain(self) -> StepRecords:
-        norms = torch.stack([torch.stack(n) for n in self._norms]) if self._norms else torch.zeros(0, len(self.params))
-        losses = torch.stack(self._losses) if self._losses else torch.zeros(0)
-        records = StepRecords(
-            np.asarray(self._steps, dtype=np.int64), np.asarray(self._times),
-            norms.cpu().numpy().astype(np.float64).reshape(len(self._steps), len(self.params)),
-            losses.cpu().numpy().astype(np.float64),
-        )
-        for buf in (self._norms, self._losses, self._steps, self._times):
-            buf.clear()
+    def drain(self) -> PopulationRecords:
+        n = len(self.steps)
+        records = PopulationRecords(np.asarray(self.steps, dtype=np.int64), np.asarray(self.times),
+                                    self.rows[:n].cpu().numpy().astype(np.float64))
+        self.steps.clear()
+        self.times.clear()
+        self.slot.zero_()
         return records
 
 
 class ActivationRecorder:
-    """Mean and standard deviation of every hidden layer's output (after its nonlinearity).
+    """Each hidden layer's output std and mean per member, ``(capacity, K, L, 2)`` on the device.
 
-    Forward hooks on the activation modules compute ``(std, mean)`` of the layer's output
-    over the whole batch (all units, all examples) on the device while the hooks are armed;
-    :meth:`record` stacks them into a device buffer row, :meth:`drain` copies the rows to
-    the host. The variance argument behind Xavier and He is about exactly these numbers.
+    The variance argument behind Xavier and He is about exactly these numbers: std and mean over
+    all units and examples of the layer's output (after its nonlinearity), at initialization (on
+    up to 1024 training examples) and every ``act_every`` steps (on the step's batch).
     """
 
-    def __init__(self, layers: list[tuple[str, torch.nn.Module]], capacity: int, device, dtype):
-        self.names = [name for name, _ in layers]
-        self._rows = torch.zeros(capacity, 2 * len(layers), device=device, dtype=dtype)
-        self._stats: list[torch.Tensor] = []
-        self._steps: list[int] = []
-        self.armed = False
-        self._handles = [module.register_forward_hook(self._hook) for _, module in layers]
+    def __init__(self, names: list[str], k: int, capacity: int, device: torch.device, dtype: torch.dtype):
+        self.names = names
+        self.rows = torch.zeros(capacity, k, len(names), 2, device=device, dtype=dtype)
+        self.steps: list[int] = []
 
-    def _hook(self, _module, _inputs, output: torch.Tensor) -> None:
-        if self.armed:
-            self._stats.extend(torch.std_mean(output.detach()))
-
-    def record(self, step: int) -> None:
-        """Store the stats the armed forward pass collected, as ``[std_1, mean_1, std_2, ...]``."""
-        torch.stack(self._stats, out=self._rows[len(self._steps)])
-        self._stats.clear()
-        self._steps.append(step)
-        self.armed = False
+    def write(self, step: int, stats: list[torch.Tensor]) -> None:
+        """``stats``: one ``(K, 2)`` tensor (std, mean) per layer, in depth order."""
+        self.rows[len(self.steps)] = torch.stack(stats, dim=1)
+        self.steps.append(step)
 
     @property
     def full(self) -> bool:
-        return len(self._steps) == len(self._rows)
+        return len(self.steps) == len(self.rows)
 
-    def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(steps, std per layer, mean per layer), host arrays."""
-        n = len(self._steps)
-        rows = self._rows[:n].cpu().numpy().astype(np.float64)
-        steps = np.asarray(self._steps, dtype=np.int64)
-        self._steps.clear()
-        return steps, rows[:, 0::2], rows[:, 1::2]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
+    def drain(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, ``(n, K, L, 2)`` host array)."""
+        n = len(self.steps)
+        rows = self.rows[:n].cpu().numpy().astype(np.float64)
+        steps = np.asarray(self.steps, dtype=np.int64)
+        self.steps.clear()
+        return steps, rows

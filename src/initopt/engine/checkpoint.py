@@ -1,0 +1,67 @@
+"""Checkpoints of a population: save atomically, load onto any device.
+
+A checkpoint holds the stacked parameters, the optimizer state, the loop state (step, batch
+samplers, evaluation histories, diverged members, wall time), torch's CPU RNG state and the
+fingerprints of the members' configs. It is written to a temp file and renamed (a reader never
+sees half a file) and loads with ``torch.load(weights_only=True)``.
+
+Loading always maps to the CPU first: generator and RNG states must stay CPU ``ByteTensor``s;
+parameters and optimizer tensors are then copied into the run's device tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from initopt.config import ConfigError, first_line
+
+FORMAT = 2
+
+
+def save(path: Path, fingerprints: list[str], population, optimizer, loop_state, members: list[int]) -> None:
+    """The given members' slices of the population (one file per run directory): a member's
+    checkpoint resumes it in any population, or alone."""
+    payload = {
+        "format": FORMAT,
+        "fingerprints": fingerprints,
+        "population": population.state_dict(members),
+        "optimizer": optimizer.state_dict(members),
+        "loop": loop_state.state_dict(members),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, fingerprints: list[str]) -> dict:
+    """The checkpoint's contents, on the CPU whatever device wrote it (:func:`restore` moves the
+    tensors that belong on the run's device); a one-line :class:`ConfigError` if it is corrupt
+    or another run's."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, content that weights_only refuses
+        raise ConfigError("checkpoint", str(path),
+                          f"unreadable ({first_line(err, 120)}); delete it to start over") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError("checkpoint", str(path), "not an initopt checkpoint of this version; "
+                          "delete it to start over")
+    if payload["fingerprints"] != fingerprints:
+        raise ConfigError("checkpoint", str(path), "was written by a run with another config; "
+                          "resume with the same overrides or choose a new directory")
+    return payload
+
+
+def restore(payload: dict, population, optimizer, loop_state, members: list[int]) -> None:
+    """A checkpoint's members into slots ``members`` of the population's device tensors; generator
+    and RNG states stay on the CPU."""
+    population.load_state_dict(payload["population"], members)
+    optimizer.load_state_dict(payload["optimizer"], members)
+    loop_state.load_state_dict(payload["loop"], members)
+    torch.set_rng_state(payload["torch_rng"].cpu())

@@ -1,0 +1,227 @@
+"""The one training loop, over a population of K >= 1 members (a single run is K = 1).
+
+Each step is :class:`~initopt.engine.step.TrainStep` (device work only). Around it, on the host:
+
+* every ``flush_every`` steps, at evaluations, at a checkpoint and at the end, the buffered step
+  records go to the host once: members that turned non-finite are marked diverged at their
+  first bad step (the step had already frozen them on the device), and the records go to the sinks;
+* every ``eval_every`` steps, at step 0 (initialization) and at the end, the whole training and
+  held-out sets are evaluated for every member (one host sync); a non-finite result marks that
+  member diverged;
+* a stop request (SIGINT / SIGTERM) or ``checkpoint_every`` saves a checkpoint right after a
+  flush, so the event files and the checkpoint agree on the last step written.
+
+A diverged member is frozen and left out of summaries; the others go on; the loop ends early
+when none is left.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from initopt.data import BatchSampler, Dataset
+from initopt.engine.population import Population, member_accuracies, member_losses
+from initopt.engine.step import TrainStep
+from initopt.probes import ActivationRecorder, StepRecorder
+
+METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+INIT_ACTIVATION_EXAMPLES = 1024
+
+
+@dataclass
+class Schedule:
+    """When things happen, in optimizer steps (0 = never, for the optional ones)."""
+
+    steps: int
+    batch_size: int
+    log_every: int = 1
+    eval_every: int = 100
+    flush_every: int = 100
+    checkpoint_every: int = 0
+    act_every: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> Schedule:
+        return cls(cfg.steps, cfg.batch_size, cfg.log_every, cfg.eval_every, cfg.flush_every,
+                   cfg.checkpoint_every, cfg.act_every)
+
+
+@dataclass
+class LoopState:
+    """Everything besides parameters and optimizer state that a resumed population needs."""
+
+    sampler: BatchSampler
+    step: int = 0
+    histories: list[list[tuple[int, dict[str, float]]]] = field(default_factory=list)
+    diverged: list[int | None] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @classmethod
+    def fresh(cls, data: Dataset, batch_size: int, seeds: list[int]) -> LoopState:
+        sampler = BatchSampler(len(data.x_train), batch_size, seeds, data.x_train.device)
+        return cls(sampler, histories=[[] for _ in seeds], diverged=[None] * len(seeds))
+
+    @property
+    def active(self) -> np.ndarray:
+        return np.array([d is None for d in self.diverged])
+
+    def state_dict(self, members: list[int]) -> dict:
+        """The given members' share of the state (step and wall time are common to all)."""
+        return {"sampler": self.sampler.state_dict(members), "step": self.step,
+                "histories": [[[s, m] for s, m in self.histories[k]] for k in members],
+                "diverged": [-1 if self.diverged[k] is None else self.diverged[k] for k in members],
+                "wall_time_s": self.wall_time_s}
+
+    def load_state_dict(self, state: dict, members: list[int]) -> None:
+        self.sampler.load_state_dict(state["sampler"], members)
+        self.step, self.wall_time_s = state["step"], state["wall_time_s"]
+        for k, history, diverged in zip(members, state["histories"], state["diverged"]):
+            self.histories[k] = [(s, dict(m)) for s, m in history]
+            self.diverged[k] = None if diverged == -1 else diverged
+
+
+@dataclass
+class Result:
+    """How each member ended: its status, its evaluation history, the last finite evaluation."""
+
+    steps_done: int
+    wall_time_s: float
+    histories: list[list[tuple[int, dict[str, float]]]]
+    diverged: list[int | None]
+    interrupted: bool
+
+    def status(self, k: int) -> str:
+        return "diverged" if self.diverged[k] is not None else "ok"
+
+    def final(self, k: int) -> dict[str, float]:
+        if self.diverged[k] is not None or not self.histories[k]:
+            return {key: math.nan for key in METRIC_KEYS}
+        return self.histories[k][-1][1]
+
+    def steps_per_s(self) -> float:
+        return self.steps_done / self.wall_time_s if self.wall_time_s > 0 else math.nan
+
+
+@torch.no_grad()
+def evaluate(population: Population, data: Dataset) -> np.ndarray:
+    """``(K, 4)``: train loss, train accuracy, test loss, test accuracy of every member (one sync)."""
+    cols = []
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        logits = population.forward(population.params, x)
+        ys = y.expand(population.k, *y.shape)
+        cols += [member_losses(logits, ys, data.num_classes), member_accuracies(logits, ys)]
+    return torch.stack(cols, dim=1).cpu().numpy().astype(np.float64)
+
+
+class _Run:
+    """One pass of the loop: the step, the recorders, the sinks and the host-side bookkeeping."""
+
+    def __init__(self, population, optimizer, data, schedule, state, sinks, save_checkpoint):
+        self.pop, self.data, self.schedule, self.state = population, data, schedule, state
+        self.sinks, self.save_checkpoint = sinks, save_checkpoint
+        device, dtype, k = population.device, data.x_train.dtype, population.k
+        self.recorder = StepRecorder(k, len(population.names), schedule.flush_every, device, dtype) \
+            if schedule.log_every else None
+        self.acts = ActivationRecorder(population.activation_names, k, schedule.flush_every + 1, device, dtype) \
+            if schedule.act_every and population.records_activations else None
+        self.step = TrainStep(population, optimizer, data.num_classes, self.recorder, self.acts)
+        self.step.step_t.fill_(state.step)
+        self.step.diverged_at.copy_(torch.tensor([d or 0 for d in state.diverged], device=device))
+
+    def record_initial_activations(self) -> None:
+        """Step 0: activation statistics at initialization, on up to 1024 training examples."""
+        if self.acts is not None:
+            stats: list[torch.Tensor] = []
+            with torch.no_grad():
+                self.pop.forward(self.pop.params, self.data.x_train[:INIT_ACTIVATION_EXAMPLES], stats)
+            self.acts.write(0, stats)
+
+    def flush(self) -> None:
+        """Records to the host once; mark members whose step went non-finite; hand to the sinks."""
+        diverged_at = self.step.diverged_at.tolist()
+        for k, at in enumerate(diverged_at):
+            if at and self.state.diverged[k] is None:
+                self.state.diverged[k] = at
+        if self.recorder is not None and self.recorder.steps:
+            records = self.recorder.drain()
+            if self.sinks is not None:
+                self.sinks.write_steps(records, self.state.diverged)
+        if self.acts is not None and self.acts.steps:
+            steps, rows = self.acts.drain()
+            if self.sinks is not None:
+                self.sinks.write_activations(steps, rows, self.acts.names)
+
+    def evaluate(self, step: int) -> None:
+        """Every member still active: a finite evaluation joins its history, a non-finite one ends it."""
+        table = evaluate(self.pop, self.data)
+        for k in np.flatnonzero(self.state.active):
+            if np.isfinite(table[k]).all():
+                self.state.histories[k].append((step, dict(zip(METRIC_KEYS, table[k].tolist()))))
+            else:
+                self.state.diverged[k] = step
+                self.step.diverged_at[k] = step
+        if self.sinks is not None:
+            self.sinks.write_eval(step, table, self.state.diverged)
+
+    def checkpoint(self, step: int, start: float) -> None:
+        self.state.step, self.state.wall_time_s = step, time.perf_counter() - start
+        if self.sinks is not None:
+            self.sinks.flush()
+        self.save_checkpoint(self.state)
+
+
+def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, state: LoopState,
+        sinks=None, progress=None, stop_requested: Callable[[], bool] = lambda: False,
+        save_checkpoint: Callable[[LoopState], None] | None = None) -> Result:
+    """Train every member to ``schedule.steps`` optimizer steps (see the module doc).
+
+    ``state`` is fresh (:meth:`LoopState.fresh`) or restored from a checkpoint. ``sinks`` receive
+    ``write_steps``, ``write_activations``, ``write_eval`` and ``flush`` calls (host arrays with a
+    member axis). ``stop_requested()`` is polled once a step; when it turns true the records are
+    flushed, ``save_checkpoint(state)`` runs and the result says ``interrupted``.
+    """
+    run = _Run(population, optimizer, data, schedule, state, sinks, save_checkpoint)
+    fresh = state.step == 0
+    if fresh:
+        run.record_initial_activations()
+        run.evaluate(0)
+    sampler, step, interrupted = state.sampler, state.step, False
+    start = time.perf_counter() - state.wall_time_s
+    for step in range(state.step + 1, schedule.steps + 1):
+        x, y = run.step.gather(data.x_train, data.y_train, sampler.next_indices())
+        record = bool(schedule.log_every) and step % schedule.log_every == 0
+        with_acts = run.acts is not None and step % schedule.act_every == 0
+        stats = run.step(x, y, record, with_acts)
+        if record:
+            run.recorder.mark(step, time.time())
+        if with_acts:
+            run.acts.write(step, list(stats.unbind(1)))
+
+        last = step == schedule.steps
+        interrupted = stop_requested()
+        periodic = bool(schedule.checkpoint_every) and step % schedule.checkpoint_every == 0
+        checkpoint_due = save_checkpoint is not None and (interrupted or periodic)
+        eval_due = step % schedule.eval_every == 0 or last
+        buffers_full = (run.recorder is not None and run.recorder.full) or (run.acts is not None and run.acts.full)
+        if last or checkpoint_due or eval_due or buffers_full or step % schedule.flush_every == 0:
+            run.flush()
+        if eval_due and state.active.any():
+            run.evaluate(step)
+        if progress is not None:
+            progress.update(1)
+        if not state.active.any():
+            break
+        if checkpoint_due:
+            run.checkpoint(step, start)
+        if interrupted:
+            break
+    if sinks is not None:
+        sinks.flush()
+    finished = step == schedule.steps or not state.active.any()
+    return Result(step, time.perf_counter() - start, state.histories, state.diverged, interrupted and not finished)

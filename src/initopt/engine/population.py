@@ -1,0 +1,164 @@
+"""A population: K >= 1 members of one architecture, their parameters stacked and trained as one.
+
+Member k is the run with its own seed, initialization and optimizer hyperparameters: its model
+is built on the CPU after ``torch.manual_seed(seed_k)`` and initialized there (so a seed gives
+the same weights on every device), then its parameters become slice ``k`` of tensors of shape
+``(K, *shape)`` on the run's device. A single run is K = 1.
+
+The forward pass gives logits ``(K, B, out)``. For the MLP each layer is one batched matrix
+product per layer, ``h <- act(b + h W^T)`` with ``torch.baddbmm`` (the same arithmetic as K
+separate models, without vmap's per-operation batching cost); any other module goes through
+``torch.func.vmap`` over ``functional_call``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from initopt.init import initialize
+from initopt.models import MLP, build_model, count_parameters
+
+# Above this many multiply-adds per member and step (batch x weights), stacking stops paying on a
+# CPU: replicas_mode=auto then trains the members one after another (see scripts/bench.py).
+STACK_MAX_MACS = 5e6
+
+
+@dataclass(frozen=True)
+class Member:
+    """What differs between the members of a population: seed, initialization, optimizer."""
+
+    seed: int
+    init: DictConfig
+    optim: DictConfig
+
+
+def seeded_model(model_cfg: DictConfig, init_cfg: DictConfig, seed: int, n_in: int, n_out: int,
+                 dtype: torch.dtype) -> nn.Module:
+    """The model a run with ``seed`` starts from, built and initialized on the CPU.
+
+    ``torch.nn.init`` draws from the generator of the tensor's device: initializing on the CPU
+    makes the weights of a seed the same whatever device the run then moves to.
+    """
+    torch.manual_seed(seed)
+    model = build_model(model_cfg, n_in, n_out).to(dtype=dtype)
+    initialize(model, init_cfg)
+    return model
+
+
+def forward_mode(mode: str, model: nn.Module, batch_size: int) -> str:
+    """``stacked`` (batched MLP), ``vmap`` or ``sequential`` as asked; ``auto``: stacked (vmap for
+    other modules) while a member-step is small, else sequential (members one after another)."""
+    if mode != "auto":
+        return mode
+    if count_parameters(model) * batch_size > STACK_MAX_MACS:
+        return "sequential"
+    return "stacked" if isinstance(model, MLP) else "vmap"
+
+
+class Population:
+    """K models of one architecture as stacked tensors ``params[name]`` of shape ``(K, *shape)``."""
+
+    def __init__(self, models: list[nn.Module], members: list[Member], device: torch.device,
+                 batched_mlp: bool = True):
+        self.k = len(models)
+        self.members = members
+        self.names = [n for n, _ in models[0].named_parameters()]
+        self.params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device)
+                       for n in self.names}
+        self._base = copy.deepcopy(models[0]).to("meta")
+        self._layers = _mlp_layers(self._base) if batched_mlp and isinstance(self._base, MLP) else None
+        self.activation_names = [n for n, _ in self._base.activation_layers()] \
+            if isinstance(self._base, MLP) else []
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[self.names[0]].device
+
+    @property
+    def records_activations(self) -> bool:
+        """Activation statistics come out of the batched MLP forward (not through vmap)."""
+        return self._layers is not None and bool(self.activation_names)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.params[n] for n in self.names]
+
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                activations: list | None = None) -> torch.Tensor:
+        """Logits ``(K, B, out)`` of every member; ``x`` is ``(K, B, in)``, or ``(B, in)`` for all.
+
+        When ``activations`` is a list, each hidden layer's output statistics ``(K, 2)`` (std,
+        mean over all units and examples of a member) are appended to it.
+        """
+        if self._layers is None:
+            dims = (0, None) if x.dim() == 2 else (0, 0)
+            return vmap(self._call, in_dims=dims)(params, x)
+        h = x if x.dim() == 3 else x.expand(self.k, *x.shape)
+        for name, has_bias, act in self._layers:
+            w = params[f"{name}.weight"].transpose(1, 2)
+            h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w) if has_bias else torch.bmm(h, w)
+            if act is not None:
+                h = act(h)
+                if activations is not None:
+                    activations.append(torch.stack(torch.std_mean(h.detach().flatten(1), dim=1), dim=1))
+        return h
+
+    def _call(self, params, x):
+        return functional_call(self._base, params, (x,))
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s weights as a plain model's ``state_dict`` (on the CPU)."""
+        return {n: self.params[n][k].detach().cpu().clone() for n in self.names}
+
+    def state_dict(self, members: list[int]) -> dict[str, torch.Tensor]:
+        """The given members' slices ``(len(members), *shape)``, on the CPU."""
+        return {n: p.detach()[members].cpu() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor], members: list[int]) -> None:
+        for n, p in self.params.items():
+            p[members] = state[n].to(p.device)
+
+
+def _mlp_layers(base: MLP) -> list[tuple[str, bool, nn.Module | None]]:
+    """(linear layer name, has bias, the nonlinearity after it or None) in forward order."""
+    children = list(base.named_children())
+    layers = []
+    for i, (name, module) in enumerate(children):
+        if isinstance(module, nn.Linear):
+            nxt = children[i + 1][1] if i + 1 < len(children) else None
+            layers.append((name, module.bias is not None, nxt if nxt is not None and
+                           not isinstance(nxt, nn.Linear) else None))
+    return layers
+
+
+def build_population(model_cfg: DictConfig, members: list[Member], n_in: int, n_out: int,
+                     device: torch.device, dtype: torch.dtype, mode: str = "stacked") -> Population:
+    """Build every member on the CPU with its own seed and initialization, then stack on ``device``."""
+    models = [seeded_model(model_cfg, m.init, m.seed, n_in, n_out, dtype) for m in members]
+    return Population(models, members, device, batched_mlp=mode != "vmap")
+
+
+def member_losses(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(K,)``: each member's mean loss over its batch.
+
+    Two classes: mean BCE-with-logits on one logit; C classes: mean cross-entropy on C logits.
+    """
+    k, b = y.shape[:2]
+    if num_classes == 2:
+        per_example = F.binary_cross_entropy_with_logits(logits.squeeze(-1), y, reduction="none")
+    else:
+        per_example = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(k * b), reduction="none").view(k, b)
+    return per_example.mean(1)
+
+
+def member_accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(K,)``: fraction correct: sign of the logit for two classes, arg-max of the logits otherwise."""
+    predicted = (logits.squeeze(-1) > 0).to(y.dtype) if logits.shape[-1] == 1 else logits.argmax(-1)
+    return (predicted == y).to(logits.dtype).mean(1)

@@ -1,0 +1,208 @@
+"""The run directory, one owner: its file names, ``metrics.json`` (versioned), the config
+fingerprint, the keys that do not change a run, the lock, and what a directory holds.
+
+A run directory (a job's Hydra output directory, or ``replicas/seed=S`` inside one) holds::
+
+    events.out.tfevents.*   the TensorBoard run
+    metrics.json            how the run ended (schema below); written last, atomically
+    final.pt                the trained weights (a plain model's state_dict)
+    checkpoint.pt           only while the run is unfinished
+    .initopt.lock           only while a process trains in it (its PID and host)
+    .hydra/                 Hydra's record of the composed config and the overrides
+
+``metrics.json`` (``schema`` 2): ``status`` (ok | diverged | failed), ``diverged_step``,
+``steps``, ``steps_done``, ``wall_time_s``, ``steps_per_s``, ``final`` (train/test loss and
+accuracy), ``choices``, ``hparams``, ``run_name``, ``device``, ``n_parameters``, ``parameters``,
+``fingerprint``, ``population`` (how many members trained together, and which), ``history``
+(one entry per evaluation); a replica job's adds ``final_std``, ``seeds`` and ``replicas``;
+a failed job's has ``error`` and ``traceback``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from initopt.config import ConfigError
+
+METRICS = "metrics.json"
+CHECKPOINT = "checkpoint.pt"
+FINAL = "final.pt"
+LOCK = ".initopt.lock"
+EVENTS_GLOB = "events.out.tfevents*"
+SCHEMA = 2
+FINISHED = ("ok", "diverged")
+
+# The one list of keys that say how a run is carried out, not what it computes: left out of the
+# config fingerprint (a resumed run may differ in them), of Hydra's job directory names (through
+# the ``initopt_non_run_keys`` resolver in conf/train.yaml) and of the report's choices.
+NON_RUN_KEYS = ("device", "replicas_mode", "progress", "threads", "resume", "overwrite", "checkpoint_every",
+                "compile", "data.root", "data.download", "launcher", "experiment")
+
+
+def dirname_exclude_keys() -> list[str]:
+    """``NON_RUN_KEYS`` as Hydra's ``override_dirname.exclude_keys`` (with the ``+key`` spellings)."""
+    return [*NON_RUN_KEYS, *(f"+{k}" for k in NON_RUN_KEYS)]
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS`."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in NON_RUN_KEYS:
+        node, _, leaf = key.rpartition(".")
+        parent = plain.get(node, {}) if node else plain
+        if isinstance(parent, dict):
+            parent.pop(leaf, None)
+    return hashlib.sha1(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- metrics.json
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_metrics(run_dir: Path, payload: dict) -> None:
+    """``metrics.json`` with the schema version, atomically (temp file + rename)."""
+    path = Path(run_dir) / METRICS
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe({"schema": SCHEMA, **payload}), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    """The run's ``metrics.json``, or None when it is missing or unreadable (half-written, foreign)."""
+    try:
+        metrics = json.loads((Path(run_dir) / METRICS).read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def finished_metrics(run_dir: Path) -> dict | None:
+    metrics = read_metrics(run_dir)
+    return metrics if metrics is not None and metrics.get("status") in FINISHED else None
+
+
+# ------------------------------------------------------------------------------- what is there
+def holds_a_run(run_dir: Path) -> bool:
+    """Anything a run writes: events, metrics, weights or a checkpoint."""
+    run_dir = Path(run_dir)
+    return any((run_dir / name).exists() for name in (METRICS, CHECKPOINT, FINAL)) or \
+        any(run_dir.glob(EVENTS_GLOB)) or (run_dir / "replicas").is_dir()
+
+
+def classify(run_dir: Path, fp: str) -> str:
+    """``finished`` (this config's), ``foreign`` (another config's finished run), ``resumable``
+    (a checkpoint), ``stale`` (a run's files but no checkpoint: crashed or failed), or ``empty``."""
+    run_dir = Path(run_dir)
+    done = finished_metrics(run_dir)
+    if done is not None:
+        return "finished" if done.get("fingerprint") in (None, fp) else "foreign"
+    if (run_dir / CHECKPOINT).exists():
+        return "resumable"
+    return "stale" if holds_a_run(run_dir) else "empty"
+
+
+def clear_stale(run_dir: Path, keep_replicas: bool = False) -> None:
+    """Start clean where a run crashed without a checkpoint: its events, metrics and weights go,
+    so TensorBoard never shows two runs' points in one run (``.hydra/`` stays; a replica job's
+    members, which decide for themselves, stay with ``keep_replicas``)."""
+    run_dir = Path(run_dir)
+    for path in [*run_dir.glob(EVENTS_GLOB), run_dir / METRICS, run_dir / FINAL, run_dir / (METRICS + ".tmp")]:
+        path.unlink(missing_ok=True)
+    if not keep_replicas:
+        shutil.rmtree(run_dir / "replicas", ignore_errors=True)
+
+
+def move_aside(run_dir: Path) -> Path:
+    """``overwrite=true``: rename the old run to ``<dir>.replaced-<time>`` in one step (atomic on
+    one file system) so nothing is half-deleted; returns where it went."""
+    run_dir = Path(run_dir)
+    target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target = target.with_name(f"{target.name}-{n}")
+        n += 1
+    os.rename(run_dir, target)
+    return target
+
+
+# ------------------------------------------------------------------------------------ the lock
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True
+
+
+class RunLock:
+    """One process trains in a directory at a time: ``.initopt.lock`` holds ``pid host``.
+
+    Created with O_EXCL; a lock whose process is gone (same host, PID not alive) is stale and
+    taken over, so a crash never leaves a directory locked for ever.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._holder_alive():
+                    raise ConfigError("run directory", str(self.path.parent),
+                                      f"in use by another process ({self._holder()}); wait for it or "
+                                      "choose another directory") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise ConfigError("run directory", str(self.path.parent), "its lock could not be taken")
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def _holder_alive(self) -> bool:
+        pid, _, host = self._holder().partition(" ")
+        if not pid.isdigit():
+            return False
+        if host and host != socket.gethostname():
+            return True  # another machine's process: cannot tell, do not take it
+        return int(pid) != os.getpid() and _alive(int(pid))
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

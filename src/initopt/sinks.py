@@ -1,0 +1,55 @@
+"""Where a population's records go: one TensorBoard run per member, and for a replica job an
+aggregate run with the mean over its live members and a min-max band.
+
+The engine hands over host arrays with a member axis (see :mod:`initopt.probes`); a member's
+rows after the step where it diverged are not written (the step froze it there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from initopt.engine.loop import METRIC_KEYS
+from initopt.probes import PopulationRecords
+from initopt.tb import RunLogger
+
+BANDED = ("loss/batch", "grad_summary/mean_norm", "loss/train", "loss/test", "accuracy/train", "accuracy/test")
+
+
+class PopulationLogs:
+    """``loggers[k]`` is member k's run; ``aggregates`` are (run, member indices) pairs."""
+
+    def __init__(self, loggers: list[RunLogger], aggregates: list[tuple[RunLogger, list[int]]] = ()):
+        self.loggers, self.aggregates = loggers, list(aggregates)
+
+    def write_steps(self, records: PopulationRecords, diverged: list[int | None]) -> None:
+        for k, logger in enumerate(self.loggers):
+            logger.write_steps(records.member(k, until=diverged[k]))
+        for aggregate, members in self.aggregates:
+            live = [k for k in members if diverged[k] is None] or members
+            aggregate.write_steps(records.reduce(np.array(live), np.mean))
+            aggregate.write_band(records.reduce(np.array(live), np.min), records.reduce(np.array(live), np.max),
+                                 BANDED)
+
+    def write_activations(self, steps: np.ndarray, rows: np.ndarray, names: list[str]) -> None:
+        """``rows`` ``(n, K, L, 2)``: std and mean of each hidden layer's output per member."""
+        for k, logger in enumerate(self.loggers):
+            logger.write_activations(steps, rows[:, k, :, 0], rows[:, k, :, 1], names)
+
+    def write_eval(self, step: int, table: np.ndarray, diverged: list[int | None]) -> None:
+        live = [k for k in range(len(self.loggers)) if diverged[k] is None]
+        for k in live:
+            self.loggers[k].write_eval(step, dict(zip(METRIC_KEYS, table[k])))
+        for aggregate, members in self.aggregates:
+            rows = table[[k for k in members if k in live]]
+            if len(rows):
+                aggregate.write_eval(step, dict(zip(METRIC_KEYS, rows.mean(0))),
+                                     low=dict(zip(METRIC_KEYS, rows.min(0))), high=dict(zip(METRIC_KEYS, rows.max(0))))
+
+    def flush(self) -> None:
+        for logger in (*self.loggers, *(a for a, _ in self.aggregates)):
+            logger.flush()
+
+    def close(self) -> None:
+        for logger in (*self.loggers, *(a for a, _ in self.aggregates)):
+            logger.close()
