@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
+from initopt import engine
 from initopt.checks import compose_job
 from initopt.data import BatchSampler, Dataset, load_dataset
-from initopt.loop import evaluate, fit, loss_function, new_state
+from initopt.engine.population import member_accuracies, member_losses
 from initopt.models import count_parameters
 from initopt.optim import build_optimizer
-from initopt.replicas import StackedModel, fit_replicas, new_replica_state
+from initopt.sinks import BANDED, PopulationLogs
 from initopt.tb import RunLogger
-from initopt.train import _seeded_model, _settings
 
 TOY = ["model.hidden=[64,64]", "data=moons", "batch_size=64", "optim=momentum"]
 BIG = ["model.hidden=[512,256,256,128]", "data=fashion_mnist", "batch_size=256", "optim=momentum"]
@@ -66,47 +66,52 @@ def timed(fn) -> float:
 
 
 # ----------------------------------------------------------------------------- loops
+def seeded(cfg, data, seed: int) -> torch.nn.Module:
+    return engine.seeded_model(cfg.model, cfg.init, seed, data.n_features, data.n_outputs, data.x_train.dtype)
+
+
+def population_run(cfg, data, seeds: list[int], logdir: Path | None, log_every: int | None = None,
+                   aggregate: bool = False) -> None:
+    """The framework: the engine over a population of len(seeds) members, each logging to TensorBoard."""
+    if log_every is not None:
+        cfg = compose_like(cfg, log_every=log_every)
+    training = engine.build(cfg, data, engine.members_of(cfg, seeds))
+    logs = None
+    if logdir is not None:
+        names = training.population.names
+        loggers = [RunLogger(logdir / f"r{s}", names) for s in seeds]
+        agg = [(RunLogger(logdir / "agg", names, banded=BANDED), list(range(len(seeds))))] if aggregate else []
+        logs = PopulationLogs(loggers, agg)
+    training.fit(logs)
+    if logs is not None:
+        logs.close()
+
+
 def framework_run(cfg, data, logdir: Path | None, log_every: int = 1) -> None:
-    model = _seeded_model(cfg, data, cfg.seed)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    settings = _settings(cfg)
-    settings.log_every = log_every
-    logger = RunLogger(logdir, [n for n, _ in model.named_parameters()]) if logdir else None
-    fit(model, optimizer, data, settings, logger, state=new_state(data, settings))
-    if logger:
-        logger.close()
+    population_run(cfg, data, [cfg.seed], logdir, log_every)
 
 
 def minimal_run(cfg, data, final_eval: bool = True) -> None:
     """What one would write by hand: same model, data, optimizer and batch order; no logging."""
-    model = _seeded_model(cfg, data, cfg.seed)
+    model = seeded(cfg, data, cfg.seed)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    sampler = BatchSampler(len(data.x_train), cfg.batch_size, cfg.seed, CPU)
-    loss_fn = loss_function(data.num_classes)
+    sampler = BatchSampler(len(data.x_train), cfg.batch_size, [cfg.seed], CPU)
     for _ in range(cfg.steps):
-        idx = sampler.next_indices()
-        loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+        idx = sampler.next_indices()[0]
+        loss = member_losses(model(data.x_train[idx]).unsqueeze(0), data.y_train[idx].unsqueeze(0),
+                             data.num_classes).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     if final_eval:
-        evaluate(model, data, loss_fn)
+        with torch.no_grad():
+            for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+                logits, ys = model(x).unsqueeze(0), y.unsqueeze(0)
+                torch.stack([member_losses(logits, ys, data.num_classes), member_accuracies(logits, ys)]).tolist()
 
 
 def replicas_run(cfg, data, k: int, logdir: Path) -> None:
-    seeds = list(range(k))
-    settings = _settings(cfg)
-    models = [_seeded_model(cfg, data, s) for s in seeds]
-    names = [n for n, _ in models[0].named_parameters()]
-    from initopt.replicas import ReplicaLogs
-
-    stacked = StackedModel(models, batched_mlp=True)
-    optimizer = build_optimizer(stacked.parameters(), cfg.optim)
-    loggers = [RunLogger(logdir / f"r{s}", names) for s in seeds]
-    logs = ReplicaLogs(loggers, RunLogger(logdir / "agg", names, banded=ReplicaLogs.BANDED))
-    fit_replicas(stacked, optimizer, data, settings, new_replica_state(data, settings, seeds), logs)
-    for lg in (*loggers, logs.aggregate):
-        lg.close()
+    population_run(cfg, data, list(range(k)), logdir, aggregate=True)
 
 
 def sequential_run(cfg, data, k: int, logdir: Path) -> None:
@@ -219,7 +224,7 @@ def main() -> None:
                              ">= 5x faster" if "replicas" in name else ""))
 
     cfg = config(BIG, big_steps)
-    weights = count_parameters(_seeded_model(cfg, big_data, 0))
+    weights = count_parameters(seeded(cfg, big_data, 0))
 
     step_s = interleaved({"big": lambda: minimal_run(cfg, big_data, final_eval=False)}, repeats)["big"] / big_steps
     achieved = 6 * weights * cfg.batch_size / step_s

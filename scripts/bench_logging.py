@@ -19,28 +19,23 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from initopt import engine
+from initopt.checks import compose_job
 from initopt.data import load_dataset
-from initopt.init import initialize
-from initopt.loop import LoopSettings, fit
-from initopt.models import build_model
-from initopt.optim import build_optimizer
+from initopt.sinks import PopulationLogs
 from initopt.tb import RunLogger
 
 
 def one_run(data, hidden: list[int], steps: int, log_every: int, logdir: Path | None) -> float:
-    torch.manual_seed(0)
-    model = build_model(OmegaConf.create({"hidden": hidden, "activation": "relu", "bias": True}),
-                        data.n_features, data.n_outputs)
-    initialize(model, OmegaConf.create({"name": "he", "distribution": "normal", "mode": "fan_in",
-                                        "nonlinearity": "relu", "bias_std": 0.0}))
-    optimizer = build_optimizer(model.parameters(), OmegaConf.create(
-        {"name": "momentum", "lr": 0.1, "beta": 0.1, "form": "ema", "weight_decay": 0.0}))
-    logger = RunLogger(logdir, [n for n, _ in model.named_parameters()]) if logdir else None
-    settings = LoopSettings(steps, 64, 0, log_every, eval_every=steps, flush_every=100)
+    cfg = compose_job([f"model.hidden=[{','.join(map(str, hidden))}]", "optim=momentum", "batch_size=64",
+                       f"steps={steps}", f"eval_every={steps}", "flush_every=100", f"log_every={log_every}",
+                       "act_every=0"])
+    training = engine.build(cfg, data)
+    logs = PopulationLogs([RunLogger(logdir, training.population.names)]) if logdir else None
     start = time.perf_counter()
-    fit(model, optimizer, data, settings, logger)
-    if logger is not None:
-        logger.close()  # the events must be on disk for the time to count
+    training.fit(logs)
+    if logs is not None:
+        logs.close()  # the events must be on disk for the time to count
     return time.perf_counter() - start
 
 

@@ -1,4 +1,4 @@
-"""The homework grid through Hydra's joblib (local parallel) and submitit_local launchers."""
+"""The homework grid through Hydra's joblib (local parallel), submitit_local and initopt's population launchers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import read_metrics, run_cli
 GRID = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam"]
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "population"])
 def test_the_homework_grid_runs_through_the_launcher(tmp_path, launcher):
     proc = run_cli("-m", f"+launcher={launcher}", *GRID, "steps=20", "model.hidden=[8]",
                    "hydra.sweep.dir=grid", cwd=tmp_path, timeout=600)

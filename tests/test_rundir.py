@@ -27,7 +27,8 @@ def test_the_one_list_of_non_run_keys_drives_fingerprints_and_directory_names(tm
     proc = run_cli(*RUN, "threads=1", "progress=false", "seed=2", "hydra.run.dir=x/${hydra.job.override_dirname}",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [p.name for p in (tmp_path / "x").iterdir()] == ["eval_every=10,flush_every=10,model.hidden=[8],seed=2,steps=30"]
+    names = [p.name for p in (tmp_path / "x").iterdir()]
+    assert names == ["eval_every=10,flush_every=10,model.hidden=[8],seed=2,steps=30"]
 
 
 def test_metrics_json_is_versioned_and_read_back_through_rundir(tmp_path):

@@ -30,7 +30,7 @@ from initopt.config import ConfigError, validate
 from initopt.data import Dataset, load_dataset
 from initopt.engine import checkpoint
 from initopt.engine.loop import METRIC_KEYS
-from initopt.models import build_model, count_parameters
+from initopt.models import build_model
 from initopt.sinks import BANDED, PopulationLogs
 from initopt.tb import RunLogger
 
@@ -372,7 +372,8 @@ def _aggregate_metrics(job: Job) -> dict:
     finals = [r["final"] for r in records if r["status"] == "ok"]
     mean = {k: float(np.mean([f[k] for f in finals])) if finals else math.nan for k in METRIC_KEYS}
     std = {k: float(np.std([f[k] for f in finals], ddof=1)) if len(finals) > 1 else math.nan for k in METRIC_KEYS}
-    wall = max(r["wall_time_s"] for r in records) if job.mode != "sequential" else sum(r["wall_time_s"] for r in records)
+    walls = [r["wall_time_s"] for r in records]
+    wall = sum(walls) if job.mode == "sequential" else max(walls)
     seeds = [m.cfg.seed for m in job.members]
     return {
         "status": "ok" if all(r["status"] == "ok" for r in records) else "diverged",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from omegaconf import DictConfig
 
 from initopt.data import Dataset

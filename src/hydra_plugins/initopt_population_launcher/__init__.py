@@ -1,0 +1,1 @@
+"""initopt's population launcher for Hydra, found through the ``hydra_plugins`` namespace."""
