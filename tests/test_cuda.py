@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cuda, read_metrics, run_cli
+from conftest import read_metrics, run_cli
 
-pytestmark = cuda
+pytestmark = pytest.mark.cuda
 
 ARGS = ["data=digits", "model.hidden=[64,32]", "optim=adam", "steps=300", "eval_every=100"]
 

@@ -140,6 +140,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     resume: bool = True
     overwrite: bool = False
+    compile: str = "auto"
     threads: int = 0
     deterministic: bool = False
     progress: bool = True
@@ -154,6 +155,7 @@ DATASETS = ("moons", "circles", "digits", "fashion_mnist", "mnist", "cifar10")
 PREPROCESS = ("none", "scale", "center", "standardize")
 DEVICES = ("auto", "cpu", "cuda")
 REPLICA_MODES = ("auto", "stacked", "vmap", "sequential")
+COMPILE_MODES = ("auto", "on", "off")
 DTYPES = ("float32", "float64")
 
 GROUP_SCHEMAS = {
@@ -267,6 +269,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("device", cfg.device, DEVICES)
     _one_of("dtype", cfg.dtype, DTYPES)
     _one_of("replicas_mode", cfg.replicas_mode, REPLICA_MODES)
+    _one_of("compile", cfg.compile, COMPILE_MODES)
     if cfg.replicas < 1:
         raise ConfigError("replicas", cfg.replicas, "at least 1 (train seeds seed, seed+1, ...)")
     for key in ("steps", "batch_size", "eval_every", "flush_every"):

@@ -34,10 +34,11 @@ class Training:
     state: LoopState
     schedule: Schedule
     data: Dataset
+    compile: str = "off"
 
     def fit(self, sinks=None, progress=None, stop_requested=lambda: False, save_checkpoint=None) -> Result:
         return fit(self.population, self.optimizer, self.data, self.schedule, self.state, sinks, progress,
-                   stop_requested, save_checkpoint)
+                   stop_requested, save_checkpoint, self.compile)
 
 
 def members_of(cfg: DictConfig, seeds: list[int]) -> list[Member]:
@@ -58,4 +59,4 @@ def build(cfg: DictConfig, data: Dataset, members: list[Member] | None = None, m
     optims = [m.optim for m in members]
     optimizer = PopulationOptimizer(population.tensors(), family_of(optims[0]), member_hyperparameters(optims))
     state = LoopState.fresh(data, cfg.batch_size, [m.seed for m in members])
-    return Training(population, optimizer, state, Schedule.from_config(cfg), data)
+    return Training(population, optimizer, state, Schedule.from_config(cfg), data, cfg.get("compile", "off"))

@@ -27,7 +27,7 @@ import torch
 
 from initopt.data import BatchSampler, Dataset
 from initopt.engine.population import Population, member_accuracies, member_losses
-from initopt.engine.step import TrainStep
+from initopt.engine.step import TrainStep, compiled
 from initopt.probes import ActivationRecorder, StepRecorder
 
 METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -122,7 +122,7 @@ def evaluate(population: Population, data: Dataset) -> np.ndarray:
 class _Run:
     """One pass of the loop: the step, the recorders, the sinks and the host-side bookkeeping."""
 
-    def __init__(self, population, optimizer, data, schedule, state, sinks, save_checkpoint):
+    def __init__(self, population, optimizer, data, schedule, state, sinks, save_checkpoint, compile_mode="off"):
         self.pop, self.data, self.schedule, self.state = population, data, schedule, state
         self.sinks, self.save_checkpoint = sinks, save_checkpoint
         device, dtype, k = population.device, data.x_train.dtype, population.k
@@ -130,7 +130,9 @@ class _Run:
             if schedule.log_every else None
         self.acts = ActivationRecorder(population.activation_names, k, schedule.flush_every + 1, device, dtype) \
             if schedule.act_every and population.records_activations else None
-        self.step = TrainStep(population, optimizer, data.num_classes, self.recorder, self.acts)
+        functional = compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda")
+        self.step = TrainStep(population, optimizer, data.num_classes, self.recorder, self.acts, functional)
+        self.step_fn = compiled(self.step, compile_mode, device)
         self.step.step_t.fill_(state.step)
         self.step.diverged_at.copy_(torch.tensor([d or 0 for d in state.diverged], device=device))
 
@@ -178,15 +180,16 @@ class _Run:
 
 def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, state: LoopState,
         sinks=None, progress=None, stop_requested: Callable[[], bool] = lambda: False,
-        save_checkpoint: Callable[[LoopState], None] | None = None) -> Result:
+        save_checkpoint: Callable[[LoopState], None] | None = None, compile_mode: str = "off") -> Result:
     """Train every member to ``schedule.steps`` optimizer steps (see the module doc).
 
     ``state`` is fresh (:meth:`LoopState.fresh`) or restored from a checkpoint. ``sinks`` receive
     ``write_steps``, ``write_activations``, ``write_eval`` and ``flush`` calls (host arrays with a
     member axis). ``stop_requested()`` is polled once a step; when it turns true the records are
-    flushed, ``save_checkpoint(state)`` runs and the result says ``interrupted``.
+    flushed, ``save_checkpoint(state)`` runs and the result says ``interrupted``. ``compile_mode``
+    (off | on | auto) chooses the compiled step (:func:`initopt.engine.step.compiled`).
     """
-    run = _Run(population, optimizer, data, schedule, state, sinks, save_checkpoint)
+    run = _Run(population, optimizer, data, schedule, state, sinks, save_checkpoint, compile_mode)
     fresh = state.step == 0
     if fresh:
         run.record_initial_activations()
@@ -197,7 +200,7 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
         x, y = run.step.gather(data.x_train, data.y_train, sampler.next_indices())
         record = bool(schedule.log_every) and step % schedule.log_every == 0
         with_acts = run.acts is not None and step % schedule.act_every == 0
-        stats = run.step(x, y, record, with_acts)
+        stats = run.step_fn(x, y, record, with_acts)
         if record:
             run.recorder.mark(step, time.time())
         if with_acts:
