@@ -1,18 +1,27 @@
-"""The report reads a sweep's own outputs; its numbers are the jobs' numbers."""
+"""The report reads a sweep's own outputs; its numbers are the jobs' numbers, its figures follow
+one style (colour = init, line style = optimizer), and it reports what it could not read."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
 from conftest import read_metrics, run_cli
 
+from initopt.report import activations, figures, heatmaps
+from initopt.report.build import load
+from initopt.report.collect import WEIGHT_MEAN
+from initopt.report.stats import mean_sd
+from initopt.report.style import INIT_COLOURS, OPTIM_STYLES, ZERO_LABEL
+
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """init and lr given against the config order (he before zero, 0.2 before 0.05), two seeds."""
     tmp = tmp_path_factory.mktemp("report")
-    proc = run_cli("-m", "init=zero,he", "optim.lr=0.05,0.2", "seed=0,1", "optim=sgd", "model.hidden=[8,8]",
+    proc = run_cli("-m", "init=he,zero", "optim.lr=0.2,0.05", "seed=0,1", "optim=sgd", "model.hidden=[8,8]",
                    "steps=60", "eval_every=20", "act_every=10", "hydra.sweep.dir=sw", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli(str(tmp / "sw"), "--out", str(tmp / "rep"), "--target-accuracy", "0.6",
@@ -21,19 +30,51 @@ def sweep(tmp_path_factory):
     return tmp / "sw", tmp / "rep"
 
 
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """The homework grid in miniature: init x optim, one seed, a few steps."""
+    tmp = tmp_path_factory.mktemp("grid")
+    proc = run_cli("-m", "init=he,zero,normal", "optim=adam,sgd,momentum", "model.hidden=[8,8]", "steps=12",
+                   "eval_every=6", "act_every=4", "hydra.sweep.dir=sw", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return load(tmp / "sw")
+
+
 def test_the_report_writes_its_files(sweep):
     _, rep = sweep
-    for name in ("summary.md", "summary.csv", "training_curves.png", "grad_norm_heatmaps.png",
-                 "activations.png", "lr_sensitivity.png", "report.md"):
+    for name in ("summary.md", "summary.csv", "training_curves.png", "weight_gradients.png",
+                 "grad_norm_heatmaps.png", "activations.png", "lr_sensitivity.png", "report.md"):
         assert (rep / name).stat().st_size > 100, name
     page = (rep / "report.md").read_text()
     assert "![Training curves](training_curves.png)" in page and "| run |" in page
+    assert "**Jobs:** 8 of 8 jobs finished." in page
 
 
-def test_table_values_are_the_mean_and_std_over_seeds_of_the_jobs_metrics(sweep):
+def test_the_page_states_the_fixed_settings_from_the_jobs_configs(sweep):
+    page = (sweep[1] / "report.md").read_text()
+    assert "- model: mlp (hidden [8, 8], activation relu" in page
+    assert "- data: moons (" in page
+    assert "- optimizer: sgd (lr 0.05/0.2, weight_decay 0)" in page
+    assert "- training: steps 60, batch size 64" in page and "seeds 0, 1 (n = 2)" in page
+    assert "sample sd (ddof = 1) over n seeds" in page
+
+
+def test_rows_follow_the_config_order_not_the_alphabet_or_the_command_line(sweep):
+    rows = [r["run"] for r in csv.DictReader(open(sweep[1] / "summary.csv"))]
+    assert rows == ["init=zero,optim.lr=0.05", "init=zero,optim.lr=0.2",
+                    "init=he,optim.lr=0.05", "init=he,optim.lr=0.2"]
+    table = (sweep[1] / "summary.md").read_text()
+    assert table.index("init=zero,optim.lr=0.05") < table.index("init=he,optim.lr=0.05")
+
+
+def test_grid_rows_are_zero_normal_xavier_he_then_sgd_momentum_adam(grid):
+    assert [g.label for g in grid.groups] == [f"init={i},optim={o}" for i in ("zero", "normal", "he")
+                                              for o in ("sgd", "momentum", "adam")]
+
+
+def test_table_values_are_the_mean_and_sample_sd_over_seeds_of_the_jobs_metrics(sweep):
     sw, rep = sweep
     rows = {r["run"]: r for r in csv.DictReader(open(rep / "summary.csv"))}
-    assert set(rows) == {f"init={i},optim.lr={lr}" for i in ("zero", "he") for lr in ("0.05", "0.2")}
     for label, row in rows.items():
         init, lr = (part.split("=")[1] for part in label.split(","))
         jobs = [_job(sw, init, lr, s) for s in (0, 1)]
@@ -66,16 +107,144 @@ def test_steps_to_target_is_the_first_eval_reaching_it(sweep):
         assert float(row["steps_to_target_mean"]) == pytest.approx(np.mean(hits))
 
 
-def test_diverged_runs_are_marked(tmp_path):
-    proc = run_cli("-m", "optim=sgd", "optim.lr=0.1,1e4", "steps=200", "hydra.sweep.dir=sw", cwd=tmp_path)
+def test_one_standard_deviation_definition_the_sample_sd():
+    mean, sd = mean_sd([1.0, 2.0, 3.0])
+    assert mean == 2.0 and sd == pytest.approx(1.0)  # ddof = 1; ddof = 0 would give 0.816
+    assert np.isnan(mean_sd([5.0])[1])
+
+
+def test_lr_sensitivity_bars_are_the_sample_sd(sweep):
+    sw, _ = sweep
+    loaded = load(sw)
+    fig = figures.lr_sensitivity(loaded.groups, "optim.lr", "")
+    bars = fig.axes[0].containers[0]  # the first line: init=zero, lr 0.05 then 0.2
+    segments = bars.lines[2][0].get_segments()
+    for (x, lo), (_, hi) in ((s[0], s[1]) for s in segments):
+        acc = [_job(sw, "zero", f"{x:g}", s)["final"]["test_accuracy"] for s in (0, 1)]
+        assert (hi - lo) / 2 == pytest.approx(np.std(acc, ddof=1), abs=1e-12)
+
+
+def test_colour_is_the_init_and_line_style_the_optimizer_in_every_figure(grid):
+    fig = figures.training_curves(grid.groups, grid.styles, grid.settings.short)
+    loss = fig.axes[0]
+    assert loss.get_xscale() == "log"  # the first steps, where He's spike lives, get room
+    for line, group in zip(loss.get_lines(), grid.groups):
+        assert line.get_color() == INIT_COLOURS[group.init]
+        assert line.get_linestyle() == OPTIM_STYLES[group.optim]
+    acts = activations.activations_by_depth(grid.groups, grid.styles, "")
+    assert [line.get_color() for line in acts.axes[0].get_lines()] == [INIT_COLOURS[i] for i in ("zero", "normal", "he")]
+
+
+def test_sparse_curves_have_markers_and_the_legend_has_its_own_panel(grid):
+    fig = figures.training_curves(grid.groups, grid.styles, "")
+    accuracy, legend_panel = fig.axes[2], fig.axes[5]
+    assert all(line.get_marker() == "o" for line in accuracy.get_lines())
+    assert legend_panel.get_legend() is not None and not legend_panel.get_lines()
+    assert all(ax.get_legend() is None for ax in fig.axes[:5])
+    assert {t.get_text() for t in legend_panel.get_legend().get_texts()} == {
+        "zero", "normal", "he", "sgd", "momentum", "adam"}
+
+
+def test_zero_init_weight_gradients_are_exactly_zero_and_drawn_so(grid):
+    zero = next(g for g in grid.groups if g.init == "zero")
+    normal = next(g for g in grid.groups if g.init == "normal")
+    assert (zero.runs[0].series(WEIGHT_MEAN)[1] == 0).all()
+    assert (normal.runs[0].series(WEIGHT_MEAN)[1] > 0).all()
+    fig = figures.training_curves(grid.groups, grid.styles, "")
+    weights_only = fig.axes[4]
+    assert ZERO_LABEL in [t.get_text() for t in weights_only.get_yticklabels()]
+    panels = figures.weight_gradients(grid.groups, grid.styles, "")
+    assert [ax.get_title() for ax in panels.axes[:3]] == ["||grad fc1.weight||", "||grad fc2.weight||",
+                                                          "||grad out.weight||"]
+
+
+def test_heat_maps_mask_exact_zeros_out_of_the_colour_scale(grid):
+    names = ["fc1.weight", "fc1.bias", "out.weight", "out.bias"]
+    zero = next(g for g in grid.groups if g.init == "zero")
+    _, cells = heatmaps.grid_of(zero, names)
+    assert (cells[:3] == 0).all() and (cells[3] > 0).all()  # only the output bias learns
+    fig = heatmaps.gradient_heatmaps(grid.groups, "")
+    meshes = [c for ax in fig.axes for c in ax.collections if c.norm is not None and c.get_array() is not None]
+    vmin = min(m.norm.vmin for m in meshes if m.norm.vmin is not None and m.norm.vmin > 0)
+    cells = [heatmaps.grid_of(g, names)[1] for g in grid.groups]
+    positive = min(c[c > 0].min() for c in cells)
+    assert vmin == pytest.approx(positive, rel=1e-9)  # not a 1e-12 floor
+    assert any(t.get_text().startswith(ZERO_LABEL) for leg in fig.legends for t in leg.get_texts())
+    rows = {ax.get_title(): ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title()}
+    assert rows["init=zero,optim=adam"] < rows["init=normal,optim=adam"] < rows["init=he,optim=adam"]
+
+
+def test_activations_at_init_are_drawn_once_per_init(grid):
+    fig = activations.activations_by_depth(grid.groups, grid.styles, "")
+    at_init, at_end = fig.axes[0], fig.axes[1]
+    assert len(at_init.get_lines()) == 3 and len(at_end.get_lines()) == 9
+    assert at_init.get_title().startswith("at initialization (step 0)")
+    assert at_end.get_title() == "at the last recorded step (step 12)"
+
+
+def test_replica_jobs_are_labelled_at_initialization_only(tmp_path):
+    proc = run_cli("-m", "init=zero,he", "replicas=2", "model.hidden=[8,8]", "steps=8", "eval_every=4",
+                   "hydra.sweep.dir=sw", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = load(tmp_path / "sw")
+    assert [len(g.runs) for g in loaded.groups] == [2, 2]
+    fig = activations.activations_by_depth(loaded.groups, loaded.styles, "")
+    at_end = fig.axes[1]
+    assert not at_end.get_lines() and at_end.get_title() == "no later step recorded"
+    assert "last recorded step" not in " ".join(ax.get_title() for ax in fig.axes)
+
+
+def test_one_seed_shows_the_value_without_a_spread_and_diverged_runs_are_marked(tmp_path):
+    proc = run_cli("-m", "optim=sgd", "optim.lr=0.1,1e4", "steps=30", "hydra.sweep.dir=sw", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli(str(tmp_path / "sw"), module="initopt.report", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "sw/report/summary.md").read_text()
     diverged_line = next(line for line in table.splitlines() if "optim.lr=10000" in line)
     assert "**diverged**: seed 0 at step" in diverged_line and "0/1 ok" in diverged_line
+    ok_line = next(line for line in table.splitlines() if "optim.lr=0.1 " in line)
+    assert "±" not in ok_line and "| 1 |" in ok_line
+    row = next(r for r in csv.DictReader(open(tmp_path / "sw/report/summary.csv")) if r["run"] == "optim.lr=0.1")
+    assert row["test_accuracy_std"] == ""
+
+
+def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
+    jobs = sorted(p for p in sw.iterdir() if p.is_dir())
+    (jobs[0] / "metrics.json").unlink()  # started, nothing written yet
+    (jobs[1] / "checkpoint.pt").write_bytes(b"")  # stopped or still running
+    (jobs[2] / ".initopt.lock").write_text("123")  # a process holds it
+    text = (jobs[3] / "metrics.json").read_text()
+    (jobs[3] / "metrics.json").write_text(text[: len(text) // 2])  # truncated
+    shutil.rmtree(jobs[4])  # not started yet
+    proc = run_cli(str(sw), module="initopt.report", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = [j.name for j in jobs]
+    line = next(x for x in proc.stderr.splitlines() if "jobs finished" in x)
+    assert line.startswith("initopt.report: 3 of 8 jobs finished; 3 running: ")
+    assert f"{names[0]} (no metrics.json yet)" in line and f"{names[1]} (checkpoint.pt, not finished)" in line
+    assert f"{names[2]} (.initopt.lock)" in line
+    assert f"1 unreadable: {names[3]} (metrics.json: JSONDecodeError" in line and line.endswith("1 not started")
+    assert "3 of 8 jobs finished; 3 running" in (sw / "report/report.md").read_text()
+    rows = list(csv.DictReader(open(sw / "report/summary.csv")))
+    assert sum(int(r["seeds"]) for r in rows) == 3
+    assert all(r["run"].startswith("init=") and ",optim.lr=" in r["run"] for r in rows)  # labels kept
+
+
+def test_nothing_usable_is_a_one_line_error(sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
+    for job in (p for p in sw.iterdir() if p.is_dir()):
+        (job / ".initopt.lock").write_text("")
+    proc = run_cli(str(sw), module="initopt.report", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "holds no finished job to report (0 of 8 jobs finished; 8 running" \
+        in proc.stderr
 
 
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     proc = run_cli(str(tmp_path), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode != 0 and "no job with a metrics.json" in proc.stderr
+    assert proc.returncode == 2 and "holds no finished job to report (no job directory in it)" in proc.stderr
+    proc = run_cli(str(tmp_path), "--target-accuracy", "7", module="initopt.report", cwd=tmp_path)
+    assert proc.returncode == 2 and "--target-accuracy=7.0 is not allowed: must be in (0, 1]" in proc.stderr

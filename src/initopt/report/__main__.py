@@ -1,10 +1,14 @@
 """``python -m initopt.report SWEEP_DIR [--out DIR] [--target-accuracy A]``.
 
-Reads a sweep's job directories (``metrics.json``, Hydra overrides, TensorBoard events;
-nothing is re-run) and writes into ``--out`` (default ``SWEEP_DIR/report``):
-``summary.md`` and ``summary.csv``, ``training_curves.png``, ``grad_norm_heatmaps.png``,
-``activations.png``, ``lr_sensitivity.png`` (when the sweep varies the learning rate) and
-``report.md``, one page that puts them together.
+Reads a sweep's job directories (``metrics.json``, Hydra overrides and config, TensorBoard
+events; nothing is re-run) and writes into ``--out`` (default ``SWEEP_DIR/report``):
+``summary.md`` and ``summary.csv``, ``training_curves.png``, ``weight_gradients.png``,
+``grad_norm_heatmaps.png``, ``activations.png``, ``lr_sensitivity.png`` (when the sweep varies
+the learning rate) and ``report.md``, one page that puts them together.
+
+Jobs still running (no ``metrics.json``, a ``checkpoint.pt`` or a ``.initopt.lock``) or with
+unreadable files are skipped and listed ("3 of 4 jobs finished; 1 running: ..."); the report
+is written from the rest (exit 0). Exit 2 when no job is usable.
 """
 
 from __future__ import annotations
@@ -13,43 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from initopt.report import figures
-from initopt.report.collect import find_runs, group_runs, varying_keys
-from initopt.report.tables import markdown_table, summarize, write_csv
-
-LR_KEYS = ("optim.lr", "lr")
-
-
-def build(sweep_dir: Path, out: Path, target: float) -> Path:
-    runs = find_runs(sweep_dir)
-    if not runs:
-        raise SystemExit(f"initopt.report: error: {sweep_dir} holds no job with a metrics.json")
-    groups = group_runs(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [summarize(g, target) for g in groups]
-    table = markdown_table(rows, target)
-    (out / "summary.md").write_text(table + "\n")
-    write_csv(rows, out / "summary.csv")
-
-    pictures = [
-        ("Training curves", figures.training_curves(groups, out / "training_curves.png")),
-        ("Gradient norm per parameter tensor", figures.gradient_heatmaps(groups, out / "grad_norm_heatmaps.png")),
-    ]
-    acts = figures.activations_by_depth(groups, out / "activations.png")
-    if acts is not None:
-        pictures.append(("Activations by depth", acts))
-    lr_key = next((k for k in LR_KEYS if k in varying_keys(runs)), None)
-    if lr_key is not None:
-        lr_png = figures.lr_sensitivity(groups, lr_key, out / "lr_sensitivity.png")
-        pictures.append(("Learning-rate sensitivity", lr_png))
-
-    page = [f"# Report: {sweep_dir}", "",
-            f"{len(runs)} runs in {len(groups)} groups, varying: {', '.join(varying_keys(runs)) or 'nothing'}; "
-            "each row and curve is the mean over its seeds.", "", "## Summary", "", table, ""]
-    for title, path in pictures:
-        page += [f"## {title}", "", f"![{title}]({path.name})", ""]
-    (out / "report.md").write_text("\n".join(page))
-    return out / "report.md"
+from initopt.report.build import NothingUsable, build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"initopt.report: error: SWEEP_DIR={str(args.sweep_dir)!r} is not a folder\n")
-    page = build(args.sweep_dir, args.out or args.sweep_dir / "report", args.target_accuracy)
+    if not 0 < args.target_accuracy <= 1:
+        parser.exit(2, f"initopt.report: error: --target-accuracy={args.target_accuracy} is not allowed: "
+                       "must be in (0, 1]\n")
+    try:
+        page, progress = build(args.sweep_dir, args.out or args.sweep_dir / "report", args.target_accuracy)
+    except NothingUsable as err:
+        parser.exit(2, f"initopt.report: error: {err}\n")
+    print(f"initopt.report: {progress}", file=sys.stderr)
     print(f"wrote {page}", file=sys.stderr)
     return 0
 

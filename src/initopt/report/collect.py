@@ -1,21 +1,27 @@
-"""Read a sweep's outputs (never re-run anything): each run's ``metrics.json``, its Hydra
-overrides and its TensorBoard scalars, grouped by what varies across the sweep besides the seed.
+"""Turn a sweep's finished jobs into runs and group them (never re-runs anything): each run's
+``metrics.json``, its Hydra overrides and config, and its TensorBoard scalars, grouped by what
+varies across the sweep besides the seed, in the config's order (init zero, normal, xavier, he,
+then optimizers sgd, momentum, adam; other values numerically or in the sweep's own order).
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
+
+from initopt.report.jobs import Job
 
 SEED_KEY = "seed"
+INIT_ORDER = ("zero", "normal", "xavier", "he")
+OPTIM_ORDER = ("sgd", "momentum", "adam")
+FIRST_KEYS = ("init", "optim")
 # Overrides that say how a sweep ran, not what it computed.
-NOT_A_CHOICE = ("+experiment", "experiment", "+launcher", "launcher", "device", "progress", "threads",
-                "resume", "checkpoint_every", "data.root", "data.download")
+NOT_A_CHOICE = ("experiment", "launcher", "device", "progress", "threads", "resume", "checkpoint_every",
+                "data.root", "data.download", "replicas", "replicas_mode", "flush_every")
+WEIGHT_MEAN = "grad_summary/mean_weight_norm"  # derived: mean over the weight tensors' gradient norms
 
 
 @dataclass
@@ -25,7 +31,8 @@ class Run:
     path: Path
     overrides: dict[str, str]
     metrics: dict
-    event_dir: Path | None = None
+    config: dict
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -33,23 +40,68 @@ class Run:
 
     @property
     def seed(self) -> str:
-        return self.overrides.get(SEED_KEY, str(self.metrics.get("choices", {}).get(SEED_KEY, "0")))
+        return self.overrides.get(SEED_KEY, str(self.config.get(SEED_KEY, self.metrics.get("choices", {})
+                                                                .get(SEED_KEY, "0"))))
 
-    @cached_property
-    def scalars(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Every scalar series, ``tag -> (steps, values)``, through TensorBoard's own reader."""
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    def series(self, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(steps, values)`` of a scalar tag, or of the derived ``WEIGHT_MEAN``:
+        (1 / L) * sum over the L weight tensors of ||grad W_l||, on the steps all of them have."""
+        if tag != WEIGHT_MEAN:
+            return self.scalars.get(tag)
+        parts = [v for t, v in self.scalars.items() if t.startswith("grad_norm/") and t.endswith(".weight")]
+        if not parts:
+            return None
+        common = parts[0][0]
+        for steps, _ in parts[1:]:
+            common = np.intersect1d(common, steps)
+        return common, np.mean([vals[np.searchsorted(steps, common)] for steps, vals in parts], axis=0)
 
-        directory = self.event_dir or self.path
-        if not any(directory.glob("events.out.tfevents*")):
-            return {}
-        acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
-        acc.Reload()
-        out = {}
-        for tag in acc.Tags()["scalars"]:
-            events = acc.Scalars(tag)
-            out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
-        return out
+
+def read_scalars(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar series in ``directory``, ``tag -> (steps, values)``, through TensorBoard's reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not any(directory.glob("events.out.tfevents*")):
+        return {}
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float))
+    return out
+
+
+def choices_of(job: Job) -> dict[str, str]:
+    """The job's overrides as ``key -> value``, less those that do not change what it computes."""
+    pairs = (item.split("=", 1) for item in job.overrides if "=" in item)
+    out = {}
+    for key, value in pairs:
+        key = key.lstrip("+~")
+        if key not in NOT_A_CHOICE and not key.startswith("hydra."):
+            out[key] = value
+    return out
+
+
+def runs_of(job: Job) -> list[Run]:
+    """The runs of a finished job, scalars read; a vectorized job gives one run per replica."""
+    overrides = choices_of(job)
+    replicas = job.metrics.get("replicas")
+    if not replicas:
+        return [Run(job.path, overrides, job.metrics, job.config, read_scalars(job.path))]
+    return [Run(job.path / r["event_dir"], {**overrides, SEED_KEY: str(r["seed"])}, r, job.config,
+                read_scalars(job.path / r["event_dir"])) for r in replicas]
+
+
+def varying_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose value differs between jobs (seed excluded): init and optim first,
+    then the others in the order the first job lists them."""
+    choices = [choices_of(j) for j in jobs]
+    keys: list[str] = []
+    for c in choices:
+        keys += [k for k in c if k not in keys]
+    varying = [k for k in keys if k != SEED_KEY and len({c.get(k) for c in choices}) > 1]
+    return [k for k in FIRST_KEYS if k in varying] + [k for k in varying if k not in FIRST_KEYS]
 
 
 @dataclass
@@ -64,44 +116,54 @@ class Group:
     def finished(self) -> list[Run]:
         return [r for r in self.runs if r.status == "ok"]
 
+    def _component(self, key: str) -> str:
+        if key in self.choice:
+            return self.choice[key]
+        cfg = self.runs[0].config.get(key)
+        if isinstance(cfg, dict) and "name" in cfg:
+            return str(cfg["name"])
+        return str(self.runs[0].metrics.get("choices", {}).get(key, "-"))
 
-def _read_overrides(job: Path) -> dict[str, str]:
-    path = job / ".hydra" / "overrides.yaml"
-    items = list(OmegaConf.load(path)) if path.exists() else []
-    pairs = (item.split("=", 1) for item in items or [] if "=" in item)
-    return {k.lstrip("+~"): v for k, v in pairs if k not in NOT_A_CHOICE and k.lstrip("+") not in NOT_A_CHOICE}
+    @property
+    def init(self) -> str:
+        return self._component("init")
 
+    @property
+    def optim(self) -> str:
+        return self._component("optim")
 
-def _runs_of_job(job: Path) -> list[Run]:
-    metrics = json.loads((job / "metrics.json").read_text())
-    overrides = _read_overrides(job)
-    replicas = metrics.get("replicas")
-    if not replicas:
-        return [Run(job, overrides, metrics)]
-    # a vectorized job: each replica is a run of its own, named by its seed
-    return [Run(job, {**overrides, SEED_KEY: str(r["seed"])}, r, job / r["event_dir"]) for r in replicas]
-
-
-def find_runs(sweep_dir: Path) -> list[Run]:
-    """Every run under ``sweep_dir`` (any depth): directories holding a ``metrics.json``."""
-    jobs = sorted({p.parent for p in Path(sweep_dir).rglob("metrics.json") if ".submitit" not in p.parts})
-    jobs = [j for j in jobs if not any(o != j and o in j.parents for o in jobs)]  # replicas live inside
-    return [run for job in jobs for run in _runs_of_job(job)]
+    @property
+    def rest(self) -> tuple:
+        """The varying choices besides init and optimizer (what a colour and line style leave open)."""
+        return tuple((k, v) for k, v in self.choice.items() if k not in FIRST_KEYS)
 
 
-def varying_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose value differs between runs, seed excluded, in a stable order."""
-    keys = sorted({k for r in runs for k in r.overrides})
-    return [k for k in keys if k != SEED_KEY and len({r.overrides.get(k) for r in runs}) > 1]
+def _rank(key: str, value: str, seen: list[str]):
+    """Sort key of one value: the config order for init / optim, numbers by value, else sweep order."""
+    fixed = {"init": INIT_ORDER, "optim": OPTIM_ORDER}.get(key, ())
+    if value in fixed:
+        return (0, fixed.index(value), 0.0)
+    try:
+        return (1, 0, float(value))
+    except ValueError:
+        return (2, seen.index(value) if value in seen else len(seen), 0.0)
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
-    """One group per combination of the varying keys, in the order the sweep listed them."""
-    keys = varying_keys(runs)
+def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
+    """One group per combination of ``keys``, rows in the config order."""
     groups: dict[tuple, Group] = {}
     for run in runs:
         choice = {k: run.overrides.get(k, "-") for k in keys}
-        ident = tuple(choice.values())
         label = ",".join(f"{k}={v}" for k, v in choice.items()) or "all runs"
-        groups.setdefault(ident, Group(label, choice)).runs.append(run)
-    return list(groups.values())
+        groups.setdefault(tuple(choice.values()), Group(label, choice)).runs.append(run)
+    seen = {k: list(dict.fromkeys(g.choice[k] for g in groups.values())) for k in keys}
+    return sorted(groups.values(), key=lambda g: [_rank(k, g.choice[k], seen[k]) for k in keys])
+
+
+def depth_order(names: list[str]) -> list[str]:
+    """Parameter / layer names input first (fc1, fc2, ..., then the rest), a weight above its bias."""
+    def key(name):
+        layer = re.match(r"(fc|act)(\d+)", name)
+        kind = 1 if name.endswith(".bias") else 0
+        return (1, 0, kind, name) if layer is None else (0, int(layer.group(2)), kind, name)
+    return sorted(names, key=key)

@@ -1,4 +1,5 @@
-"""The summary table: final metrics as mean +- std over seeds, steps to a target, run status."""
+"""The summary table: final metrics as mean ± sample sd (ddof = 1) over the seeds that finished,
+steps to a target held-out accuracy, run status; rows in the config order."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from initopt.report.collect import Group, Run
+from initopt.report.stats import SD_LABEL, mean_sd
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -36,10 +38,11 @@ def steps_to_target(run: Run, target: float) -> int | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample sd (ddof = 1; NaN for one value) of ``values``."""
     if not values:
         return math.nan, math.nan
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    mean, sd = mean_sd(values)
+    return float(mean), float(sd)
 
 
 def summarize(group: Group, target: float) -> Row:
@@ -63,7 +66,10 @@ def summarize(group: Group, target: float) -> Row:
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
-    return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """``m ± sd``, or ``m`` alone where one seed gives no sd (never ``± 0``)."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _status(row: Row) -> str:
@@ -76,12 +82,13 @@ def _status(row: Row) -> str:
 
 
 def markdown_table(rows: list[Row], target: float) -> str:
-    head = ("| run | train loss | train accuracy | test loss | test accuracy | "
+    head = ("| run | n | train loss | train accuracy | test loss | test accuracy | "
             f"steps to {target:.0%} test acc. | status |")
-    lines = [head, "|" + "---|" * 7]
+    lines = [f"Final values: mean ± {SD_LABEL} (n: the seeds that finished ok; n = 1: the one value, no sd).",
+             "", head, "|" + "---|" * 8]
     for r in rows:
         reach = "-" if not r.reached else f"{r.steps_to_target:.0f} ({r.reached}/{r.ok})"
-        lines.append(f"| {r.label} | " + " | ".join(_pm(r.mean[k], r.std[k]) for k in METRICS)
+        lines.append(f"| {r.label} | {r.ok} | " + " | ".join(_pm(r.mean[k], r.std[k]) for k in METRICS)
                      + f" | {reach} | {_status(r)} |")
     return "\n".join(lines)
 
@@ -89,8 +96,13 @@ def markdown_table(rows: list[Row], target: float) -> str:
 def write_csv(rows: list[Row], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", "seeds", "ok", *[f"{k}_{s}" for k in METRICS for s in ("mean", "std")],
+        w.writerow(["run", "seeds", "ok", *[f"{k}_{s}" for k in METRICS for s in ("mean", "std")],  # std: ddof 1
                     "steps_to_target_mean", "reached_target", "diverged", "failed"])
         for r in rows:
-            w.writerow([r.label, r.seeds, r.ok, *[v for k in METRICS for v in (r.mean[k], r.std[k])],
+            w.writerow([r.label, r.seeds, r.ok, *[_cell(v) for k in METRICS for v in (r.mean[k], r.std[k])],
                         r.steps_to_target, r.reached, "; ".join(r.diverged), "; ".join(r.failed)])
+
+
+def _cell(value: float) -> str | float:
+    """A CSV cell: empty where undefined (the sd of one seed, the mean of none)."""
+    return "" if math.isnan(value) else value

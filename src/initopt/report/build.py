@@ -1,0 +1,111 @@
+"""Build a sweep's report: read it (``load``), then write the tables, figures and page (``build``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from initopt.report import activations, figures, heatmaps
+from initopt.report.collect import Group, Run, group_runs, runs_of, varying_keys
+from initopt.report.jobs import Inventory, inventory
+from initopt.report.settings import Settings, fixed_settings
+from initopt.report.stats import SD_LABEL
+from initopt.report.style import Styles, save
+from initopt.report.tables import markdown_table, summarize, write_csv
+
+LR_KEYS = ("optim.lr", "lr")
+CAPTIONS = {
+    "training_curves.png": "Mini-batch loss and the mean gradient norms against iteration on a log axis (the "
+                           "first steps keep a point each); training and held-out accuracy at each evaluation "
+                           "(markers). The last panel averages the weight tensors only: zero init's weight "
+                           "gradients are exactly 0 there.",
+    "weight_gradients.png": "The gradient norm of each weight tensor against iteration (log-log); exact zeros "
+                            "are drawn at \"exactly 0\".",
+    "grad_norm_heatmaps.png": "Parameter tensor (input at the top) x iteration, log colour of the gradient norm "
+                              "(mean over seeds); exact zeros in their own colour, outside the colour scale.",
+    "activations.png": "The std of each hidden layer's output against depth, at initialization (one line per "
+                       "init) and at the last recorded step.",
+    "lr_sensitivity.png": "Final held-out accuracy against the learning rate.",
+}
+
+
+class NothingUsable(Exception):
+    """No job of the sweep has finished with readable files."""
+
+
+@dataclass
+class Sweep:
+    """What the report shows: the jobs found, the usable runs grouped, the fixed settings."""
+
+    path: Path
+    jobs: Inventory
+    runs: list[Run]
+    keys: list[str]
+    groups: list[Group]
+    settings: Settings
+    styles: Styles
+
+
+def _usable_runs(found: Inventory) -> list[Run]:
+    """The runs of the finished jobs; a job whose event files do not read becomes unreadable."""
+    runs = []
+    for job in found.of("finished"):
+        try:
+            runs += runs_of(job)
+        except Exception as err:  # a corrupt event file, whatever the reader raises
+            job.state, job.reason = "unreadable", f"events: {type(err).__name__}: {str(err)[:120]}"
+    return runs
+
+
+def _seed_order(seed: str):
+    try:
+        return (0, float(seed), seed)
+    except ValueError:
+        return (1, 0.0, seed)
+
+
+def load(sweep_dir: Path) -> Sweep:
+    """Read the sweep; raise ``NothingUsable`` when no job finished (ok or diverged) readably."""
+    found = inventory(sweep_dir)
+    runs = _usable_runs(found)
+    if not any(r.status in ("ok", "diverged") for r in runs):
+        raise NothingUsable(f"SWEEP_DIR={str(sweep_dir)!r} holds no finished job to report "
+                            f"({found.sentence() if found.jobs else 'no job directory in it'})")
+    keys = varying_keys([j for j in found.jobs if j.overrides])  # running jobs too: labels stay put
+    groups = group_runs(runs, keys)
+    settings = fixed_settings([j.config for j in found.jobs], sorted({r.seed for r in runs}, key=_seed_order))
+    return Sweep(Path(sweep_dir), found, runs, keys, groups, settings, Styles(groups))
+
+
+def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
+    """Write the report into ``out``; returns its page and the sentence saying which jobs it covers."""
+    sweep = load(sweep_dir)
+    groups, styles, title = sweep.groups, sweep.styles, sweep.settings.short
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [summarize(g, target) for g in groups]
+    table = markdown_table(rows, target)
+    (out / "summary.md").write_text(table + "\n")
+    write_csv(rows, out / "summary.csv")
+
+    pictures = [("Training curves", "training_curves.png", figures.training_curves(groups, styles, title)),
+                ("Gradient norm of each weight tensor", "weight_gradients.png",
+                 figures.weight_gradients(groups, styles, title)),
+                ("Gradient norm per parameter tensor", "grad_norm_heatmaps.png",
+                 heatmaps.gradient_heatmaps(groups, title)),
+                ("Activations by depth", "activations.png", activations.activations_by_depth(groups, styles, title))]
+    lr_key = next((k for k in LR_KEYS if k in sweep.keys), None)
+    if lr_key is not None:
+        pictures.append(("Learning-rate sensitivity", "lr_sensitivity.png",
+                         figures.lr_sensitivity(groups, lr_key, title)))
+    progress = sweep.jobs.sentence()
+    page = [f"# Report: {sweep_dir}", "", f"**Jobs:** {progress}.", "",
+            f"{len(sweep.runs)} runs in {len(groups)} groups, varying: {', '.join(sweep.keys) or 'nothing'}. "
+            f"Every row and curve is the mean over its seeds; ± and bands are one {SD_LABEL}.", "",
+            "**Fixed settings** (from the jobs' `.hydra/config.yaml`):", "", *sweep.settings.lines, "",
+            "## Summary", "", table, ""]
+    for heading, name, fig in pictures:
+        if fig is not None:
+            save(fig, out / name)
+            page += [f"## {heading}", "", CAPTIONS[name], "", f"![{heading}]({name})", ""]
+    (out / "report.md").write_text("\n".join(page))
+    return out / "report.md", progress

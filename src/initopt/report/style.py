@@ -1,0 +1,145 @@
+"""One look for every figure: colour by init (zero, normal, xavier, he fixed; other inits after),
+line style by optimizer (sgd solid, momentum dashed, adam dotted), a marker and a lighter shade
+for any other varying choice; the legend in its own panel; exact zeros on a log axis drawn at a
+labelled "exactly 0" below the smallest positive decade (symlog).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from initopt.report.collect import Group
+
+INIT_COLOURS = {"zero": "#555555", "normal": "#1f77b4", "xavier": "#2ca02c", "he": "#d62728"}
+EXTRA_COLOURS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+OPTIM_STYLES = {"sgd": "-", "momentum": "--", "adam": ":"}
+EXTRA_STYLES = ("-.", (0, (5, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)))
+REST_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+ZERO_COLOUR = "#22c4c4"  # exact zeros in the heat maps: outside the magma colour map
+ZERO_LABEL = "exactly 0"
+DPI = 100
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+@dataclass(frozen=True)
+class LineStyle:
+    colour: str
+    dash: object
+    marker: str | None  # set only when a choice besides init and optim varies
+
+
+def _lighter(colour: str, amount: float) -> str:
+    from matplotlib.colors import to_hex, to_rgb
+
+    return to_hex([c + (1 - c) * amount for c in to_rgb(colour)])
+
+
+class Styles:
+    """The style of each group of a report, fixed once for all its figures. Choices in
+    ``ignore`` (e.g. the learning rate on the lr-sensitivity x axis) do not change a style."""
+
+    def __init__(self, groups: list[Group], ignore: tuple[str, ...] = ()):
+        self.ignore = ignore
+        self.inits = list(dict.fromkeys(g.init for g in groups))
+        self.optims = list(dict.fromkeys(g.optim for g in groups))
+        self.rests = list(dict.fromkeys(self._rest(g) for g in groups))
+        extra_inits = [i for i in self.inits if i not in INIT_COLOURS]
+        extra_optims = [o for o in self.optims if o not in OPTIM_STYLES]
+        self.colours = {**INIT_COLOURS, **{i: EXTRA_COLOURS[k % len(EXTRA_COLOURS)] for k, i in enumerate(extra_inits)}}
+        self.dashes = {**OPTIM_STYLES, **{o: EXTRA_STYLES[k % len(EXTRA_STYLES)] for k, o in enumerate(extra_optims)}}
+
+    def _rest(self, group: Group) -> tuple:
+        return tuple((k, v) for k, v in group.rest if k not in self.ignore)
+
+    def label(self, group: Group) -> str:
+        """The group's label less the ignored choices."""
+        return ",".join(f"{k}={v}" for k, v in group.choice.items() if k not in self.ignore) or "all runs"
+
+    def of(self, group: Group) -> LineStyle:
+        colour = self.colours[group.init]
+        if len(self.rests) < 2:
+            return LineStyle(colour, self.dashes[group.optim], None)
+        k = self.rests.index(self._rest(group))
+        return LineStyle(_lighter(colour, 0.55 * k / (len(self.rests) - 1)), self.dashes[group.optim],
+                         REST_MARKERS[k % len(REST_MARKERS)])
+
+    def kwargs(self, group: Group, sparse: bool = False) -> dict:
+        """``ax.plot`` keywords; sparse curves (few points) get markers."""
+        style = self.of(group)
+        marker = style.marker or ("o" if sparse else None)
+        return {"color": style.colour, "linestyle": style.dash, "marker": marker,
+                "markersize": 4 if sparse else 3, "markevery": None if sparse else 0.1, "linewidth": 1.6}
+
+    def legend(self, ax, groups: list[Group], note: str) -> None:
+        """The legend in its own (otherwise empty) axes: colour = init and line style = optimizer,
+        or one entry per line when another choice varies too; ``note`` below it."""
+        from matplotlib.lines import Line2D
+
+        ax.axis("off")
+        if len(self.rests) < 2:
+            handles = [Line2D([], [], color=self.colours[i], lw=3, label=i) for i in self.inits]
+            handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
+            title = "colour: init · line style: optimizer"
+        else:
+            lines = {self.label(g): g for g in groups}
+            handles = [Line2D([], [], **{k: v for k, v in self.kwargs(g).items() if k != "markevery"}, label=lab)
+                       for lab, g in lines.items()]
+            title = ("colour: init · line style: optimizer\nshade and marker: "
+                     + ", ".join(k for k, _ in self.rests[0]))
+        ax.legend(handles=handles, title=title, loc="upper left", fontsize=8, title_fontsize=8,
+                  ncol=2 if len(handles) > 14 else 1, frameon=False)
+        ax.text(0.0, 0.0, note, transform=ax.transAxes, fontsize=8, va="bottom", wrap=True)
+
+
+def log_axis(ax, values: np.ndarray, axis: str = "y") -> None:
+    """Log scale for positive ``values``; with exact zeros among them, symlog whose linear part
+    holds only 0, labelled "exactly 0", one decade below the smallest positive value."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    positive = values[values > 0]
+    setter = ax.set_yscale if axis == "y" else ax.set_xscale
+    if not (values == 0).any():
+        if len(positive):
+            setter("log")
+        return
+    low = 10.0 ** (math.floor(math.log10(positive.min())) - 1) if len(positive) else 1.0
+    high = 10.0 ** math.ceil(math.log10(positive.max())) if len(positive) else 10.0
+    setter("symlog", linthresh=low, linscale=0.4)
+    decades = [10.0 ** e for e in range(round(math.log10(low)) + 1, round(math.log10(high)) + 1)]
+    step = max(1, math.ceil(len(decades) / 6))
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(FixedLocator([0.0] + decades[::-1][::step][::-1]))
+    target.set_minor_locator(FixedLocator([]))
+    target.set_major_formatter(FuncFormatter(lambda v, _: ZERO_LABEL if v == 0 else f"$10^{{{math.log10(v):.0f}}}$"))
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(-0.1 * low, high)
+
+
+def save(fig, path: Path) -> Path:
+    """Save as PNG (dpi ``DPI``) and close."""
+    fig.savefig(path, dpi=DPI)
+    plt().close(fig)
+    return path
+
+
+def seeds_note(groups: list[Group]) -> str:
+    """``n = 3 seeds per line; band: ± 1 sample sd (ddof = 1) over n seeds`` (or n = 1: no band)."""
+    ns = sorted({len(g.runs) for g in groups})
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
+    if ns[-1] < 2:
+        return f"{n_text} seed per line: no band"
+    return f"line: mean over {n_text} seeds; band: mean ± 1 sample sd (ddof = 1)" + (
+        "; n = 1: no band" if ns[0] < 2 else "")
