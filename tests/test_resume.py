@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import signal
 import subprocess
 import sys
@@ -151,6 +152,7 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
 
 @pytest.mark.parametrize("content,words", [
     (b"this is not a checkpoint", "unreadable"),
+    (pickle.dumps({"a": 1}, protocol=4), "a plain pickle, not a torch checkpoint"),  # torch warns on it
     (None, "another config"),
 ])
 def test_corrupt_or_mismatched_checkpoints_are_one_line_errors(tmp_path, content, words):
