@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import signal
 import subprocess
 import sys
@@ -28,6 +29,15 @@ def wait_until_training(run_dir: Path, proc: subprocess.Popen, extra_s: float = 
         assert time.time() < deadline
         time.sleep(0.05)
     time.sleep(extra_s)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, deadline_s: float = 300) -> None:
+    """Poll until ``path`` exists (the run is alive all the while), failing after ``deadline_s``."""
+    deadline = time.time() + deadline_s
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"no {path.name} after {deadline_s} s"
+        time.sleep(0.05)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -74,7 +84,7 @@ def test_sigint_saves_a_checkpoint_and_resuming_ends_bitwise_identical(tmp_path,
 def test_a_hard_kill_resumes_from_the_periodic_checkpoint(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = start([*RUN, "steps=8000", "checkpoint_every=300", "hydra.run.dir=run"], tmp_path)
-    wait_until_training(run_dir, proc, extra_s=1.5)
+    wait_for_file(run_dir / "checkpoint.pt", proc)  # written atomically: complete once it exists
     proc.kill()  # SIGKILL: no handler runs; events past the checkpoint are already on disk
     proc.communicate()
     assert (run_dir / "checkpoint.pt").exists()
@@ -142,6 +152,7 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
 
 @pytest.mark.parametrize("content,words", [
     (b"this is not a checkpoint", "unreadable"),
+    (pickle.dumps({"a": 1}, protocol=4), "a plain pickle, not a torch checkpoint"),  # torch warns on it
     (None, "another config"),
 ])
 def test_corrupt_or_mismatched_checkpoints_are_one_line_errors(tmp_path, content, words):

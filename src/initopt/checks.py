@@ -8,15 +8,17 @@ so a typo costs one line and creates no output directory.
 
 from __future__ import annotations
 
-import os
+import re
 import sys
+import tempfile
+from importlib.resources import files
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from initopt.config import ConfigError, first_line, validate
-from initopt.data import check_available, expected_train_size
+from initopt.data import check_available, check_split, expected_train_size, min_generated_samples
 
 CONFIG_MODULE = "initopt.conf"
 
@@ -33,11 +35,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_runnable(cfg: DictConfig, n_train: int) -> None:
-    """Checks that need the data's size: a batch can be at most the whole training set."""
+    """Checks that need the data's size: the train / held-out split works, and a batch is at
+    most the whole training set."""
+    check_split(cfg.data)
     if cfg.batch_size > n_train:
+        more = ""
+        if cfg.data.name in ("moons", "circles") and not cfg.data.limit_train:
+            n_min = min_generated_samples(cfg.data.test_fraction, min_train=cfg.batch_size)
+            more = f", or data.n_samples >= {n_min}"
         raise ConfigError(
             "batch_size", cfg.batch_size,
-            f"at most the training-set size {n_train} (equal to it = full-batch gradient descent)",
+            f"at most the training-set size {n_train} (equal to it = full-batch gradient descent){more}",
         )
 
 
@@ -82,6 +90,47 @@ def user_error_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- command line
+def group_options(group: str) -> list[str] | None:
+    """The options of config group ``group`` (None when it is not a group)."""
+    folder = files(CONFIG_MODULE) / group
+    if not re.fullmatch(r"[A-Za-z_]\w*", group) or not folder.is_dir():
+        return None
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse_problem(override: str, hydra_message: str) -> str:
+    """What is wrong with an override Hydra's grammar rejects, in words."""
+    outside_quotes = re.sub(r"'[^']*'|\"[^\"]*\"", "", override)
+    odd = next((c for c in outside_quotes if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        what = f"{odd!r}, not ASCII" if odd.isprintable() else "a control character"
+        return f"it contains {what} (U+{ord(odd):04X}), which Hydra's override grammar takes only inside quotes"
+    token = re.search(r"(?:input|at) '(.*?)'", hydra_message)
+    where = "the end" if token is None or token.group(1) == "<EOF>" else repr(token.group(1))
+    return f"Hydra's override grammar cannot read it (unexpected {where})"
+
+
+def check_overrides_parse(overrides: list[str]) -> None:
+    """Each override must parse under Hydra's grammar; else one line saying which, what is
+    wrong, and the allowed options when it sets a config group."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as err:
+            key, equals, value = override.partition("=")
+            group = key.lstrip("+~").split("@")[0]
+            options = group_options(group)
+            allowed = f"{group} is one of " + ", ".join(options) if options else \
+                "quote a value with special characters: key='...'"
+            if not equals:
+                raise ConfigError("override", override, f"not key=value; {allowed}") from None
+            raise ConfigError(key, value, f"{_parse_problem(override, str(err))}; {allowed}") from None
+
+
 def _job_override_lists(overrides: list[str], multirun: bool) -> list[list[str]]:
     """Override lists of the jobs Hydra would launch (BasicSweeper's expansion), thinned
     to jobs that together use every swept value at least once.
@@ -115,13 +164,20 @@ def compose_job(overrides: list[str], config_name: str = "train") -> DictConfig:
 
 
 def check_writable(key: str, directory: str) -> None:
-    """The output directory must be creatable: its nearest existing ancestor a writable folder."""
+    """The output directory must be creatable: its nearest existing ancestor a folder in which
+    a probe file can be created (and is removed). ``os.access`` is not enough: it says yes to
+    root on read-only mounts and on /proc."""
     path = Path(directory).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(key, directory, f"{existing} is a file, not a folder; choose another directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(key, directory, f"{existing} is not writable; choose a directory you can write to")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".initopt-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(key, directory, f"cannot create files in {existing} ({reason}); "
+                          "choose a directory you can write to") from err
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:
@@ -168,6 +224,7 @@ def precheck_command_line(argv: list[str]) -> None:
     if args.config_path or args.config_dir:  # another search path: leave it all to Hydra
         return
     config_name = args.config_name or "train"
+    check_overrides_parse(args.overrides)
     jobs = _job_override_lists(args.overrides, args.multirun)
     for i, job in enumerate(jobs):
         cfg = compose_job(job, config_name)

@@ -9,6 +9,8 @@ the value and what is allowed.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,44 @@ def first_line(err: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type's name if it has none)."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+def clip_words(text: str, limit: int = 160) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, "..." marking a cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."
+
+
+# What torch.load's long messages come down to: (pattern in the message, cause for a user).
+LOAD_ERROR_CAUSES = (
+    (r"GLOBAL ([\w.]+)", "it asks to import {0}, which a weights-only load refuses: "
+                         "not a plain tensor file, possibly malicious"),
+    (r"Unsupported operand (\d+)", "pickle opcode {0} is not allowed in a weights-only load: "
+                                   "a plain pickle, not a torch checkpoint"),
+    (r"invalid load key", "not a torch file"),
+    (r"central directory|zip archive", "not a complete zip archive: truncated or not a torch file"),
+    (r"Ran out of input|^$", "the file is empty or truncated"),
+)
+
+
+def load_error_cause(err: BaseException, limit: int = 160) -> str:
+    """The cause of a failed ``torch.load`` in one line, without torch's advice paragraphs.
+
+    Known causes (a refused global, a foreign pickle, a truncated zip) map to a short
+    sentence; anything else is "not a torch file" (or, for an OSError, the file's problem)
+    with the type and first sentence of the message, cut at a word boundary.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    for pattern, cause in LOAD_ERROR_CAUSES:
+        match = re.search(pattern, text)
+        if match:
+            return cause.format(*match.groups())
+    first = re.split(r"(?<=\.)\s", text.splitlines()[0])[0] if text else ""
+    detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    if isinstance(err, OSError):  # the file itself: permissions, a folder, an I/O error
+        return clip_words(detail, limit)
+    return clip_words(f"not a torch file; {detail}", limit)  # the unpickler met bytes it can't read
 
 
 # ----------------------------------------------------------------------------- model
@@ -141,7 +181,7 @@ class TrainConfig:
     resume: bool = True
     overwrite: bool = False
     compile: str = "auto"
-    threads: int = 0
+    threads: Any = "auto"  # "auto" or an int >= 0: checked by validate
     deterministic: bool = False
     progress: bool = True
 
@@ -238,8 +278,6 @@ def _validate_data(d: DictConfig) -> None:
     _one_of("data.name", d.name, DATASETS)
     _one_of("data.preprocess", d.preprocess, PREPROCESS)
     if d.name in ("moons", "circles"):
-        if d.n_samples < 4:
-            raise ConfigError("data.n_samples", d.n_samples, "must be >= 4")
         _non_negative("data.noise", d.noise)
     if d.name == "circles" and not 0.0 < d.factor < 1.0:
         raise ConfigError("data.factor", d.factor, "must be in (0, 1)")
@@ -259,9 +297,25 @@ def _check_known_keys(cfg: DictConfig) -> None:
                 raise ConfigError(full, node[key], "not a config key; allowed: " + ", ".join(fields))
 
 
+def _check_finite(node: DictConfig, prefix: str = "") -> None:
+    """Every float in the config is a finite number (``inf`` and ``nan`` parse as floats)."""
+    for key, value in node.items():
+        if isinstance(value, DictConfig):
+            _check_finite(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key}", value, "must be a finite number")
+
+
+def _check_threads(value: Any) -> None:
+    if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ConfigError("threads", value, "auto (1 thread for small steps, torch's default above), "
+                          "0 (torch's default) or a number of threads >= 1")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every key and range a schema cannot express; raise :class:`ConfigError` on the first."""
     _check_known_keys(cfg)
+    _check_finite(cfg)
     _validate_model(cfg.model)
     _validate_init(cfg.init)
     _validate_optim(cfg.optim)
@@ -274,8 +328,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("replicas", cfg.replicas, "at least 1 (train seeds seed, seed+1, ...)")
     for key in ("steps", "batch_size", "eval_every", "flush_every"):
         _positive(key, cfg[key])
-    for key in ("log_every", "act_every", "checkpoint_every", "threads"):
+    for key in ("log_every", "act_every", "checkpoint_every"):
         _non_negative(key, cfg[key])
+    _check_threads(cfg.threads)
 
 
 def register_resolvers() -> None:

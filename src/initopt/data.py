@@ -21,16 +21,15 @@ import torch
 from omegaconf import DictConfig
 
 from initopt.config import ConfigError, first_line
-
-# Where Debian's `dataset-fashion-mnist` package installs the real Fashion-MNIST.
-SYSTEM_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
-TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
+from initopt.datafiles import (
+    CIFAR_FOLDER,
+    MNIST_FILES,
+    SYSTEM_DIRS,
+    verify_cifar_files,
+    verify_idx_files,
 )
+
+TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 CACHE_DIR = Path(os.environ.get("INITOPT_CACHE", Path.home() / ".cache" / "initopt"))
 
 
@@ -73,6 +72,49 @@ def _split(x, y, test_fraction: float, seed: int, num_classes: int) -> Dataset:
         torch.as_tensor(x_tr), torch.as_tensor(y_tr), torch.as_tensor(x_te),
         torch.as_tensor(y_te), num_classes,
     )
+
+
+def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
+    """(training, held-out) examples of ``n`` split by train_test_split: n_test = ceil(f n)."""
+    n_test = math.ceil(test_fraction * n)
+    return n - n_test, n_test
+
+
+def split_works(n: int, test_fraction: float, n_classes: int, min_train: int = 0) -> bool:
+    """Whether a stratified split of ``n`` examples of ``n_classes`` balanced classes works:
+    every class >= 2 examples (n >= 2C), >= C held-out and >= max(C, min_train) training examples."""
+    n_train, n_test = split_sizes(n, test_fraction)
+    return n >= 2 * n_classes and n_test >= n_classes and n_train >= max(n_classes, min_train)
+
+
+def min_generated_samples(test_fraction: float, n_classes: int = 2, min_train: int = 0) -> int:
+    """The smallest n for which :func:`split_works` (it is monotone in n).
+
+    Starts from the real-valued bounds n > (C-1)/f and n >= max(C, min_train)/(1-f), then
+    steps to the exact integer under train_test_split's rounding.
+    """
+    need_train = max(n_classes, min_train)
+    estimate = max(2 * n_classes, math.floor((n_classes - 1) / test_fraction) + 1,
+                   math.ceil(need_train / (1.0 - test_fraction)))
+    n = max(2 * n_classes, estimate - 2)
+    while not split_works(n, test_fraction, n_classes, min_train):
+        n += 1
+    return n
+
+
+def check_split(cfg: DictConfig) -> None:
+    """The stratified train / held-out split of generated or scikit-learn data must work."""
+    if cfg.name in ("moons", "circles"):
+        n_min = min_generated_samples(cfg.test_fraction)
+        if cfg.n_samples < n_min:
+            raise ConfigError("data.n_samples", cfg.n_samples, (
+                f"at least {n_min} with data.test_fraction={cfg.test_fraction}: the stratified split "
+                "needs 2 held-out and 2 training examples (one per class on each side)"))
+    elif cfg.name == "digits" and not split_works(TRAIN_SIZES["digits"], cfg.test_fraction, 10):
+        n_train, n_test = split_sizes(TRAIN_SIZES["digits"], cfg.test_fraction)
+        raise ConfigError("data.test_fraction", cfg.test_fraction, (
+            f"leaves {n_train} training and {n_test} held-out examples of 1797; the stratified split "
+            "needs 10 (one per class) on each side"))
 
 
 def _sklearn_dataset(cfg: DictConfig) -> Dataset:
@@ -140,6 +182,12 @@ def _torchvision_root_for_idx(found: Path, cls: str) -> Path:
 
 def _missing_files_error(cfg: DictConfig, dirs: list[Path]) -> ConfigError:
     cls = TORCHVISION_CLASSES[cfg.name]
+    if cfg.name == "cifar10":
+        expected = Path(cfg.root).expanduser() / CIFAR_FOLDER
+        return ConfigError("data.root", cfg.root, (
+            f"no CIFAR-10 files found: the folder {expected} is missing; unpack cifar-10-python.tar.gz "
+            f"in {cfg.root} (it holds {CIFAR_FOLDER}/data_batch_1..5, test_batch, batches.meta), "
+            "or set data.download=true when online"))
     where = ", ".join(str(d) for d in dirs)
     hint = " or `apt install dataset-fashion-mnist`" if cfg.name == "fashion_mnist" else ""
     return ConfigError(
@@ -153,15 +201,23 @@ def _located_files(cfg: DictConfig) -> Path | None:
     """Where the dataset's files are (None: nowhere, a download is needed); stat calls only."""
     if cfg.name == "cifar10":
         root = Path(cfg.root).expanduser()
-        return root if (root / "cifar-10-batches-py").exists() else None
+        return root if (root / CIFAR_FOLDER).exists() else None
     return _find_idx_files(_candidate_dirs(cfg))
 
 
 def check_available(cfg: DictConfig) -> None:
-    """Fail at once, with where to put the files, when a file-based dataset is absent offline."""
-    if cfg.name in TORCHVISION_CLASSES and not cfg.download and _located_files(cfg) is None:
-        dirs = _candidate_dirs(cfg) if cfg.name != "cifar10" else [Path(cfg.root).expanduser()]
-        raise _missing_files_error(cfg, dirs)
+    """Fail at once when a file-based dataset is absent offline (saying where to put the files)
+    or its files are truncated or corrupt (naming the file); before anything is cached."""
+    if cfg.name not in TORCHVISION_CLASSES:
+        return
+    found = _located_files(cfg)
+    if found is None:
+        if not cfg.download:
+            raise _missing_files_error(cfg, _candidate_dirs(cfg))
+    elif cfg.name == "cifar10":
+        verify_cifar_files(cfg, found)
+    else:
+        verify_idx_files(cfg, found)
 
 
 TRAIN_SIZES = {"digits": 1797, "fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}

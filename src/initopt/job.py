@@ -30,9 +30,10 @@ from initopt.config import ConfigError, validate
 from initopt.data import Dataset, load_dataset
 from initopt.engine import checkpoint
 from initopt.engine.loop import METRIC_KEYS
-from initopt.models import build_model
+from initopt.models import build_model, parameter_count
 from initopt.sinks import BANDED, PopulationLogs
 from initopt.tb import RunLogger
+from initopt.threads import choose_threads
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -239,8 +240,8 @@ def mode_of(cfg: DictConfig, data: Dataset) -> str:
 def set_threads_and_determinism(cfg: DictConfig) -> None:
     import os
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    data = load_data(cfg)
+    torch.set_num_threads(choose_threads(cfg, parameter_count(cfg.model, data.n_features, data.n_outputs)))
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from initopt.config import ConfigError, first_line
+from initopt.config import ConfigError, load_error_cause
 
 FORMAT = 2
 
@@ -48,11 +48,11 @@ def load(path: Path, fingerprints: list[str]) -> dict:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, content that weights_only refuses
         raise ConfigError("checkpoint", str(path),
-                          f"unreadable ({first_line(err, 120)}); delete it to start over") from err
+                          f"unreadable ({load_error_cause(err)}); delete it to start over") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError("checkpoint", str(path), "not an initopt checkpoint of this version; "
                           "delete it to start over")
-    if payload["fingerprints"] != fingerprints:
+    if payload.get("fingerprints") != fingerprints:
         raise ConfigError("checkpoint", str(path), "was written by a run with another config; "
                           "resume with the same overrides or choose a new directory")
     return payload
