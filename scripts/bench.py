@@ -209,6 +209,7 @@ def main() -> None:
         walls = {
             "plain multirun (60 jobs)": grid_wall([*grid, seeds], tmp / "g1"),
             "multirun with replicas=5 (12 jobs)": grid_wall([*grid, "replicas=5"], tmp / "g2"),
+            "population launcher (60 jobs)": grid_wall(["+launcher=population", *grid, seeds], tmp / "g4"),
         }
         try:
             import hydra_plugins.hydra_joblib_launcher  # noqa: F401
@@ -220,8 +221,31 @@ def main() -> None:
         plain = walls["plain multirun (60 jobs)"]
         for name, wall in walls.items():
             if name != "plain multirun (60 jobs)":
+                target = {"replicas": ">= 5x faster", "population": ">= 8x faster"}
                 rows.append((f"4. homework grid: {name} / plain multirun", wall / plain,
-                             ">= 5x faster" if "replicas" in name else ""))
+                             next((t for k, t in target.items() if k in name), "")))
+
+        sweep = ["optim.lr=1e-3,3e-3,1e-2,3e-2,0.1,0.3", "init=xavier,he", "seed=0,1,2", "optim=momentum",
+                 "model.hidden=[64,64]", f"steps={50 if q else 500}", "eval_every=100", "act_every=0"]
+        lr_walls = {"plain": grid_wall(sweep, tmp / "lr1"),
+                    "population": grid_wall(["+launcher=population", *sweep], tmp / "lr2")}
+        results["lr_sweep_wall_s"] = lr_walls
+        rows.append(("6. lr sweep 6 lr x 2 init x 3 seeds: population launcher / plain multirun",
+                     lr_walls["population"] / lr_walls["plain"], ">= 8x faster"))
+        walls.update({f"lr sweep, {k} (36 jobs)": v for k, v in lr_walls.items()})
+
+        if not q:  # the headline: the full study, 600 runs of 1500 steps
+            study = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "optim.lr=0.003,0.01,0.03,0.1,0.3",
+                     "seed=0,1,2,3,4,5,6,7,8,9", "model.hidden=[64,64]", "steps=1500", "eval_every=500",
+                     "act_every=0"]
+            slice_wall = grid_wall(["init=zero,he", "optim=sgd,adam", "optim.lr=0.01,0.1", "seed=0,1,2",
+                                    *study[4:]], tmp / "st1")
+            walls["study slice, plain multirun (24 jobs)"] = slice_wall
+            walls["study, population launcher (600 jobs)"] = grid_wall(["+launcher=population", *study], tmp / "st2")
+            rows.append(("7. study 600 runs x 1500 steps: population launcher wall (s) / 60 s",
+                         walls["study, population launcher (600 jobs)"] / 60, "<= 1"))
+            rows.append(("7. study: plain multirun extrapolated from 24 jobs / population launcher",
+                         slice_wall * 25 / walls["study, population launcher (600 jobs)"], ""))
 
     cfg = config(BIG, big_steps)
     weights = count_parameters(seeded(cfg, big_data, 0))

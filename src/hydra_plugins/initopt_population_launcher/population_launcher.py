@@ -2,7 +2,9 @@
 
 ``python -m initopt.train -m init=zero,normal,xavier,he optim=sgd,momentum,adam seed=0,1,2,3,4 +launcher=population``
 
-1. Each job is composed and validated and its directory prepared as Hydra's basic launcher does
+1. Each job is composed (once per distinct set of structural overrides, see ``compose.py``; the
+   ``population`` sweeper leaves it to the launcher) and validated and its directory prepared as
+   Hydra's basic launcher does
    (``run_job``: the same ``.hydra/`` files, job directory and name), with the job's own checks:
    a finished job is kept, a checkpointed one resumes, a job whose checks fail records its error.
 2. The members of all jobs that can share (same model shape, data, batch size, steps, schedule,
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -63,7 +66,10 @@ class PopulationLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra_plugins.initopt_population_launcher.compose import JobComposer
+
         self.config, self.hydra_context = config, hydra_context
+        self.composer = JobComposer(hydra_context.config_loader, config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from initopt.populations import train_sweep
@@ -86,9 +92,26 @@ class PopulationLauncher(Launcher):
 
     def _prepare(self, overrides: list[str], idx: int) -> JobReturn:
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        sweep_config = self.composer.compose(overrides)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
         return run_job(hydra_context=self.hydra_context, task_function=_prepare_job, config=sweep_config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+@dataclass
+class PopulationSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.initopt_population_launcher.population_launcher.PopulationSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="population", node=PopulationSweeperConf,
+                             provider="initopt")
+
+
+class PopulationSweeper(BasicSweeper):
+    """Hydra's basic sweeper, less its composing of every job before the launch: the population
+    launcher composes and checks each job itself (and records a job that fails, the sweep going on)."""
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        return None
