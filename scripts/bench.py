@@ -1,6 +1,6 @@
 """Speed ratios of initopt, each measured in one run with its variants interleaved.
 
-    python scripts/bench.py [--quick] [--out bench.json]
+    python scripts/bench.py [--quick] [--out bench.json] [--device cuda]
 
 1. framework loop (logging on) / minimal hand-written torch loop: toy and big MLP
 2. logging every step / no step logging (toy)
@@ -159,7 +159,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes)")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU measures of scripts/bench_cuda.py instead")
     args = parser.parse_args()
+    if args.device == "cuda":
+        import bench_cuda  # beside this script
+
+        bench_cuda.main(args.out, args.quick)
+        return
     q = args.quick
     toy_steps, big_steps, repeats = (200, 20, 3) if q else (2000, 100, 5)
     print(f"measuring ({'quick' if q else 'full'}); this takes {'under 2' if q else 'about 7'} minutes",

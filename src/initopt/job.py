@@ -163,6 +163,7 @@ class Population:
     members: list[MemberRun]
     owners: list[Job]
     start_step: int
+    id: int = 0  # its number among the sweep's populations
 
 
 def _start_step(member: MemberRun) -> int:
@@ -201,7 +202,10 @@ def populations(jobs: list[Job], member_budget: int = 0) -> list[Population]:
             group.members.append(member)
             group.owners.append(job)
     grouped = [*groups.values(), *singles]
-    return [part for group in grouped for part in _split(group, member_budget)]
+    parts = [part for group in grouped for part in _split(group, member_budget)]
+    for n, part in enumerate(parts):
+        part.id = n
+    return parts
 
 
 def _split(group: Population, budget: int) -> list[Population]:
@@ -336,8 +340,8 @@ def finish_members(group: Population, training: engine.Training, result: engine.
 
 
 def _population_note(group: Population, i: int) -> dict:
-    return {"size": len(group.members), "index": i, "family": engine.family_of(group.members[0].cfg.optim),
-            "jobs": len(group.jobs)}
+    return {"id": group.id, "size": len(group.members), "index": i,
+            "family": engine.family_of(group.members[0].cfg.optim), "jobs": len(group.jobs)}
 
 
 def finish_job(job: Job) -> dict:
