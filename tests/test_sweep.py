@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 from conftest import read_metrics, run_cli, scalar_tags
@@ -43,7 +45,7 @@ def test_every_job_logs_a_grad_norm_per_parameter_tensor_every_step(sweep_dir):
         for tag in ("grad_summary/mean_norm", "grad_summary/global_norm", "loss/batch",
                     "loss/train", "loss/test", "accuracy/train", "accuracy/test"):
             assert tag in tags, (job.name, tag)
-        assert [e.step for e in tags["loss/test"]] == [10, 20, 30]
+        assert [e.step for e in tags["loss/test"]] == [0, 10, 20, 30]  # step 0: at initialization
 
 
 def test_mean_and_global_norm_are_derived_from_the_per_tensor_norms(sweep_dir):
@@ -86,19 +88,28 @@ def test_hparams_and_the_custom_scalar_layout_are_in_each_run(sweep_dir):
     assert "final/test_accuracy" in acc.Tags()["scalars"]
 
 
+FAULTY_CLI = """
+import sys
+import initopt.job as job
+real = job.load_data
+def load_data(cfg):  # an injected fault: this job's data cannot be read at run time
+    if cfg.seed == 1:
+        raise OSError("injected: the disk holding the data went away")
+    return real(cfg)
+job.load_data = load_data
+from initopt.train import main
+sys.argv = ["initopt.train", *sys.argv[1:]]
+main()
+"""
+
+
 def test_a_failing_job_is_recorded_and_the_others_still_finish(tmp_path):
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (corrupt / name).write_bytes(b"not an idx file")
-    proc = run_cli("-m", "data=mnist,moons", f"data.root={corrupt}", "steps=5",
-                   "hydra.sweep.dir=sw", cwd=tmp_path, env={"INITOPT_CACHE": str(tmp_path / "c")})
+    proc = subprocess.run([sys.executable, "-c", FAULTY_CLI, "-m", "seed=0,1,2", "steps=5", "hydra.sweep.dir=sw"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    failed, ok = (read_metrics(tmp_path / "sw/data=mnist,steps=5"),
-                  read_metrics(tmp_path / "sw/data=moons,steps=5"))
-    assert failed["status"] == "failed" and "data.root" in failed["error"]
-    assert ok["status"] == "ok"
+    failed = read_metrics(tmp_path / "sw/seed=1,steps=5")
+    assert failed["status"] == "failed" and "the disk holding the data went away" in failed["error"]
+    assert all(read_metrics(tmp_path / f"sw/seed={s},steps=5")["status"] == "ok" for s in (0, 2))
 
 
 def test_a_diverging_run_stops_and_says_where(tmp_path):
