@@ -16,6 +16,8 @@ import argparse
 import json
 import math
 import sys
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 from initopt.analytic import closed_form as cf
 from initopt.analytic import iterations as it
@@ -104,22 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sci(q: Fraction) -> str:
+    """A rational in 4-digit scientific notation, whatever its exponent (no float overflow)."""
+    with localcontext() as ctx:
+        ctx.prec = 4
+        return f"{Decimal(q.numerator) / Decimal(q.denominator):.3E}"
+
+
 def eta_problem(command: str, sigmas: list[float], eta: float, beta: float = 1.0) -> str | None:
     """Why ``eta`` is outside the range where every answer is a finite float, or None.
 
     ``2 eta s_max^2 <= 1e100`` (already far past every stability edge) and
     ``2 eta b s_min^2 >= 1e-300`` (``b = 1`` for GD): below it the slowest mode's ``ln rho``
-    is no longer a normal float (it would need over 1e300 steps)."""
-    top = 2 * eta * max(sigmas) ** 2
-    if top > STEP_MAX:
+    is no longer a normal float (it would need over 1e300 steps). Both products are exact."""
+    top = 2 * cf.exact(eta) * cf.exact(max(sigmas)) ** 2
+    if top > cf.exact(STEP_MAX):
         edge = (cf.gd_max_stable_eta(sigmas) if command == "gd"
                 else cf.momentum_max_stable_eta(beta, sigmas))
-        return (f"argument --eta: got {eta!r}: 2 * eta * max(sigma)^2 = {top:.3g} must be <= {STEP_MAX:g} "
+        return (f"argument --eta: got {eta!r}: 2 * eta * max(sigma)^2 = {_sci(top)} must be <= {STEP_MAX:g} "
                 f"(the stability edge is eta = {edge:.6g})")
-    bottom = 2 * eta * beta * min(sigmas) ** 2
-    if bottom < STEP_MIN:
+    bottom = 2 * cf.exact(eta) * cf.exact(beta) * cf.exact(min(sigmas)) ** 2
+    if bottom < cf.exact(STEP_MIN):
         term = "2 * eta * min(sigma)^2" if command == "gd" else "2 * eta * beta * min(sigma)^2"
-        return (f"argument --eta: got {eta!r}: {term} = {bottom:.3g} must be >= {STEP_MIN:g} "
+        return (f"argument --eta: got {eta!r}: {term} = {_sci(bottom)} must be >= {STEP_MIN:g} "
                 "(smaller steps need more than 1e300 iterations)")
     return None
 
