@@ -1,9 +1,12 @@
-"""Claims: each closed form set beside the same quantity measured with torch autograd.
+"""Claims: each closed form set beside the same quantity measured another way.
 
-A :class:`Claim` holds a name, the closed-form value, the autograd value, their absolute
-difference and whether it is within the claim's tolerance (plus a note where the
-homework's sample answer uses another convention or slips). :func:`all_claims` runs every
-claim on the homework's default instances and on seeded random ones.
+A :class:`Claim` holds a name, the closed-form value, the measured value, their absolute
+difference, whether it is within the claim's tolerance, and ``method``, how the measured value
+was obtained: ``autograd`` (torch autograd and the trainer's optimizers), ``Monte Carlo``
+(torch sampling, no gradients), ``algebra`` (a numpy identity check, e.g. eigenvalues) or
+``closed form`` (one closed form against another). Plus a note where the homework's sample
+answer uses another convention or slips. :func:`all_claims` runs every claim on the homework's
+default instances and on seeded random ones.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from initopt.analytic import closed_form as cf
+from initopt.analytic import iterations as it
 from initopt.analytic import simulate as sim
+
+METHODS = ("autograd", "Monte Carlo", "algebra", "closed form")
 
 
 @dataclass
@@ -25,19 +31,31 @@ class Claim:
     abs_err: float
     ok: bool
     note: str = ""
+    method: str = "autograd"
 
     def __post_init__(self):  # plain Python numbers, whatever numpy handed in
         self.closed_form, self.autograd = float(self.closed_form), float(self.autograd)
         self.abs_err, self.ok = float(self.abs_err), bool(self.ok)
+        if self.method not in METHODS:
+            raise ValueError(f"Claim method={self.method!r}: one of {METHODS}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return d if self.note else {k: v for k, v in d.items() if k != "note"}
 
 
-def compare(name: str, closed: float, measured: float, tol: float, note: str = "", extra_ok=True) -> Claim:
+def compare(name: str, closed: float, measured: float, tol: float, note: str = "", extra_ok=True,
+            method: str = "autograd") -> Claim:
     err = abs(closed - measured)
-    return Claim(name, float(closed), float(measured), float(err), bool(err <= tol and extra_ok), note)
+    return Claim(name, float(closed), float(measured), float(err), bool(err <= tol and extra_ok), note,
+                 method)
+
+
+def settle_count(errors: np.ndarray, scale: np.ndarray, eps: float) -> int:
+    """One past the last step whose error leaves ``eps * scale`` in some coordinate
+    (``errors[t-1]`` is the error after step t); the caller runs long enough for it to stay."""
+    outside = np.any(np.abs(errors).reshape(len(errors), -1) > eps * np.abs(scale).ravel(), axis=1)
+    return int(np.nonzero(outside)[0].max()) + 2 if outside.any() else 1
 
 
 def compare_paths(name: str, closed: np.ndarray, measured: np.ndarray, tol: float = 1e-9) -> Claim:
@@ -84,9 +102,9 @@ def gd_scalar_claims(s: float, y: float, tag: str) -> list[Claim]:
     one_step = sim.gd_scalar(s, y, eta, 1)[0]
     out.append(compare(f"GD {tag}: eta = 1/(2 s^2) lands on w* in one step", w_star, one_step, 1e-12))
     eta, eps = 0.3 / s**2, 1e-3
-    predicted = cf.iterations_to_tolerance(abs(cf.gd_factor(eta, s)), eps)
+    predicted = it.gd_iterations(eta, [s], eps)
     path = sim.gd_scalar(s, y, eta, int(predicted) + 20)
-    measured = 1 + int(np.argmax(np.abs(path - w_star) <= eps * abs(w_star)))
+    measured = settle_count(path - w_star, np.array([w_star]), eps)
     out.append(compare(f"GD {tag}: iterations to within (1 - 1e-3) of w*", predicted, measured, 0,
                        note="sample 1(b) gives log(eps)/log|1 - 2 eta s^2| without rounding up"))
     return out
@@ -131,9 +149,26 @@ def momentum_trajectory_claims(rng: np.random.Generator, beta: float, tag: str) 
             sim.momentum_least_squares(X, y, eta, beta, 80)))
     eta = 0.5 * cf.momentum_max_stable_eta(beta, s)
     out.append(compare_paths(
-        f"momentum {tag} b={beta}: heavy_ball(lr = eta b) path = ema(eta) path",
-        sim.momentum_least_squares(X, y, eta, beta, 60, form="ema"),
+        f"momentum {tag} b={beta}: torch heavy ball (lr = eta b) path = hand-written EMA recurrence",
+        cf.ema_momentum_recurrence(X, y, eta, beta, 60),
         sim.momentum_least_squares(X, y, eta * beta, beta, 60, form="heavy_ball")))
+    return out
+
+
+def momentum_iteration_claims(s_l: float, s_s: float, beta: float, tag: str) -> list[Claim]:
+    """The count from iterating R_i at the best eta against autograd's, with the asymptotic estimate."""
+    X, y = np.diag([s_l, s_s]), np.array([1.0, 1.0])
+    w_star = cf.least_squares_solution(X, y)
+    eta, _ = cf.momentum_optimal_eta(beta, [s_l, s_s])
+    out = []
+    for eps in (1e-3, 1e-6):
+        count = it.momentum_iterations(eta, beta, [s_l, s_s], eps)
+        path = sim.momentum_least_squares(X, y, eta, beta, 2 * int(count) + 100)
+        estimate = it.asymptotic_iterations(cf.momentum_log_rate(eta, beta, [s_l, s_s]), eps)
+        out.append(compare(f"momentum {tag} b={beta}: iterations to stay within eps={eps:g}, by R_i",
+                           count, settle_count(path - w_star, w_star, eps), 0,
+                           note=f"ceil(ln eps / ln rho) = {estimate} is only the asymptotic estimate "
+                                f"(eps = {eps:g})"))
     return out
 
 
@@ -180,11 +215,13 @@ def momentum_algebra_claims(rng: np.random.Generator) -> list[Claim]:
         worst_det = max(worst_det, abs(np.linalg.det(R) - (1 - beta)))
     return [
         Claim("momentum: eigenvalues (tr +- sqrt(tr^2 - 4 det))/2 vs numpy, 200 random", 0.0, worst_eig,
-              worst_eig, worst_eig < 1e-9),
-        Claim("momentum: det R = 1 - b, 200 random", 0.0, worst_det, worst_det, worst_det < 1e-12),
+              worst_eig, worst_eig < 1e-9, method="algebra"),
+        Claim("momentum: det R = 1 - b, 200 random", 0.0, worst_det, worst_det, worst_det < 1e-12,
+              method="algebra"),
         Claim("momentum: sample 2(c) discriminant = b^2(1 + 2 eta s^2)^2 - 8 eta b s^2", 0.0, worst_disc,
               worst_disc, worst_disc < 1e-12,
-              note="the sample's b^2(2 eta s^2 - 1)^2 - 8 eta (1-b) b s^2 is the same polynomial"),
+              note="the sample's b^2(2 eta s^2 - 1)^2 - 8 eta (1-b) b s^2 is the same polynomial",
+              method="algebra"),
     ]
 
 
@@ -213,7 +250,7 @@ def instance_noise_claims(rng: np.random.Generator) -> list[Claim]:
     predicted = np.sum((X @ w - y) ** 2) + cf.noise_ridge_lambda(sigma, m) * np.sum(w**2)
     measured = sim.noisy_inputs_expected_loss(X, y, w, sigma, draws=200_000)
     out = [compare("noise: E||(X+N)w - y||^2 = ||Xw - y||^2 + m sigma^2 ||w||^2", predicted, measured,
-                   0.01 * predicted,
+                   0.01 * predicted, method="Monte Carlo",
                    note=f"ridge lambda = m sigma^2 = {cf.noise_ridge_lambda(sigma, m):g} for the summed "
                         f"loss; sample 3(a)'s lambda = sigma^2 = {sigma**2:g} is for the loss averaged "
                         "over the m rows")]
@@ -230,7 +267,8 @@ def instance_noise_claims(rng: np.random.Generator) -> list[Claim]:
                      "assumes a 1/2 in the loss"))
     out.append(compare("noise: lim E[w_t] = x y / (x^2 + sigma^2) = 1-row ridge with lambda = sigma^2",
                        cf.noisy_scalar_limit(x, yy, sigma),
-                       float(cf.ridge_primal(np.array([[x]]), np.array([yy]), sigma**2)[0]), 1e-12))
+                       float(cf.ridge_primal(np.array([[x]]), np.array([yy]), sigma**2)[0]), 1e-12,
+                       method="closed form"))
     return out
 
 
@@ -240,13 +278,13 @@ def ridge_claims(rng: np.random.Generator) -> list[Claim]:
     primal = cf.ridge_primal(X, y, lam)
     eta = 0.9 / (max(s) ** 2 + lam)
     gd = sim.gd_least_squares(X, y, eta, 3000, ridge=lam)[-1]
+    map_estimate = sim.ridge_map(X, y, lam)
     return [
         compare("ridge: kernel form X^T(XX^T + lI)^-1 y = primal (X^TX + lI)^-1 X^T y",
-                primal[0], cf.ridge_kernel(X, y, lam)[0],
-                1e-12, extra_ok=np.allclose(primal, cf.ridge_kernel(X, y, lam), atol=1e-12)),
-        compare("ridge: MAP / conditional mean Sigma_wY Sigma_YY^-1 y = primal",
-                primal[0], cf.ridge_map(X, y, lam)[0],
-                1e-12, extra_ok=np.allclose(primal, cf.ridge_map(X, y, lam), atol=1e-12)),
+                primal[0], cf.ridge_kernel(X, y, lam)[0], 1e-12, method="closed form",
+                extra_ok=np.allclose(primal, cf.ridge_kernel(X, y, lam), atol=1e-12)),
+        compare("ridge: MAP (LBFGS on the log posterior, w ~ N(0,I), noise var l) = primal",
+                primal[0], map_estimate[0], 1e-9, extra_ok=np.allclose(primal, map_estimate, atol=1e-9)),
         compare("ridge: GD (autograd) on ||Xw - y||^2 + l||w||^2 converges to the ridge solution",
                 primal[0], gd[0], 1e-8, extra_ok=np.allclose(primal, gd, atol=1e-8)),
     ]
@@ -270,6 +308,7 @@ def all_claims(seed: int = 0) -> list[Claim]:
     claims += momentum_rate_claims(float(rng.uniform(0.3, 3.0)), float(rng.uniform(0.05, 0.9)), "random")
     claims += momentum_algebra_claims(rng)
     claims += momentum_optimum_claims(3.0, 0.3, 0.1, "s=(3, 0.3)")
+    claims += momentum_iteration_claims(3.0, 0.3, 0.1, "s=(3, 0.3)")
     claims += instance_noise_claims(rng)
     claims += ridge_claims(rng)
     return claims

@@ -7,20 +7,52 @@ Where the homework's sample answers assume a 1/2 (or slip), the function says so
 
 Least squares decouples along the SVD ``X = U S V^T``: with ``x = V^T (w - w*)`` each
 coordinate ``x_i`` evolves alone, driven by its singular value ``s_i``.
+
+Numerics: floats are exact rationals, so the polynomial parts (``1 - 2 eta s^2``, the trace,
+the discriminant, the distance to the stability edge) are computed exactly with
+:class:`fractions.Fraction` and rounded once; square roots and logs then use forms that do not
+cancel (``(1 - sqrt(1-b))^2 = b^2 / (1 + sqrt(1-b))^2``, ``ln rho = log1p(rho - 1)`` with
+``rho - 1`` from an exact numerator). Stability is decided by exact comparison with the edge.
+The CLI keeps inputs in ranges where every result is a finite float (see :mod:`.cli`).
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
+
+
+def exact(x) -> Fraction:
+    """The exact rational value of a float (or int)."""
+    return Fraction(float(x))
 
 # ============================================================== gradient descent
 
 
+def _gd_factor_exact(eta: float, s: float) -> Fraction:
+    return 1 - 2 * exact(eta) * exact(s) ** 2
+
+
 def gd_factor(eta: float, s: float) -> float:
-    """Error factor of GD on ``(y - s w)^2``: ``w_{t+1} - w* = (1 - 2 eta s^2)(w_t - w*)``, ``w* = y/s``."""
-    return 1.0 - 2.0 * eta * s * s
+    """Error factor of GD on ``(y - s w)^2``: ``w_{t+1} - w* = (1 - 2 eta s^2)(w_t - w*)``, ``w* = y/s``
+    (computed exactly, rounded once)."""
+    return float(_gd_factor_exact(eta, s))
+
+
+def gd_log_factor(eta: float, s: float) -> float:
+    """``ln|1 - 2 eta s^2|`` as ``log1p(|f| - 1)`` with ``|f| - 1`` exact: accurate when ``|f|`` is near 1
+    (``ln|f|`` directly when ``|f| < 1/2``; ``-inf`` when ``f = 0``)."""
+    f = abs(_gd_factor_exact(eta, s))
+    if f < Fraction(1, 2):
+        return math.log(float(f)) if f else -math.inf
+    return math.log1p(float(f - 1))
+
+
+def gd_is_stable(eta: float, sigmas) -> bool:
+    """``|1 - 2 eta s^2| < 1`` for every mode, i.e. ``0 < eta s_max^2 < 1``, decided exactly."""
+    return 0 < exact(eta) * exact(max(sigmas)) ** 2 < 1
 
 
 def gd_trajectory(eta: float, s: float, y: float, steps: int, w0: float = 0.0) -> np.ndarray:
@@ -62,21 +94,13 @@ def gd_optimal_eta(sigmas) -> float:
 
 def gd_optimal_rate(sigmas) -> float:
     """Rate at ``eta*``: ``(s_max^2 - s_min^2) / (s_max^2 + s_min^2)`` (= (k-1)/(k+1), k = s_max^2/s_min^2)."""
-    hi, lo = max(sigmas) ** 2, min(sigmas) ** 2
-    return (hi - lo) / (hi + lo)
+    s_hi, s_lo = max(sigmas), min(sigmas)
+    return (s_hi - s_lo) * (s_hi + s_lo) / (s_hi**2 + s_lo**2)
 
 
-def iterations_to_tolerance(rate: float, eps: float) -> float:
-    """Smallest t with ``rate^t <= eps``: ``ceil(ln eps / ln rate)`` (inf if rate >= 1, 1 if rate = 0).
-
-    From ``w0 = 0`` the error is ``rate^t |w*|``, so this is how long GD takes to get
-    within a factor ``(1 - eps)`` of ``w*`` (the sample answer 1(b) omits the ceiling).
-    """
-    if rate >= 1.0:
-        return math.inf
-    if rate == 0.0:
-        return 1
-    return math.ceil(math.log(eps) / math.log(rate) - 1e-12)
+def gd_log_rate(eta: float, sigmas) -> float:
+    """``ln max_i |1 - 2 eta s_i^2|``, each term by :func:`gd_log_factor` (no rounding to ln 1 = 0)."""
+    return max(gd_log_factor(eta, s) for s in sigmas)
 
 
 def least_squares_solution(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -111,36 +135,62 @@ def momentum_matrix(eta: float, beta: float, s: float) -> np.ndarray:
     ``det R = 1 - b`` and ``tr R = 2 - b - 2 eta b s^2``.
     """
     b, s2 = beta, s * s
-    return np.array([[1 - b, 2 * b * s2], [-eta * (1 - b), 1 - 2 * eta * b * s2]])
+    corner = float(1 - 2 * exact(eta) * exact(b) * exact(s) ** 2)
+    return np.array([[1 - b, 2 * b * s2], [-eta * (1 - b), corner]])
+
+
+def _trace_det(eta: float, beta: float, s: float) -> tuple[Fraction, Fraction]:
+    """``tr R = 2 - b - 2 eta b s^2`` and ``det R = 1 - b``, exact."""
+    b = exact(beta)
+    return 2 - b - 2 * exact(eta) * b * exact(s) ** 2, 1 - b
 
 
 def momentum_discriminant(eta: float, beta: float, s: float) -> float:
-    """``tr^2 - 4 det = b^2 (1 + 2 eta s^2)^2 - 8 eta b s^2``
+    """``tr^2 - 4 det = b^2 (1 + 2 eta s^2)^2 - 8 eta b s^2``, exact then rounded
     (= the sample answer's ``b^2 (2 eta s^2 - 1)^2 - 8 eta (1-b) b s^2``, expanded the same)."""
-    return beta**2 * (1 + 2 * eta * s * s) ** 2 - 8 * eta * beta * s * s
+    tr, det = _trace_det(eta, beta, s)
+    return float(tr * tr - 4 * det)
+
+
+def _sqrt_discriminant(tr: Fraction, det: Fraction) -> float:
+    """``sqrt(tr^2 - 4 det)`` for a non-negative discriminant; as ``|tr| sqrt(1 - 4 det / tr^2)``
+    when ``tr^2`` would overflow a float."""
+    if abs(tr) < 1e100:
+        return math.sqrt(float(tr * tr - 4 * det))
+    return abs(float(tr)) * math.sqrt(float(1 - 4 * det / (tr * tr)))
 
 
 def momentum_eigenvalues(eta: float, beta: float, s: float) -> tuple[complex, complex]:
-    """``(tr +- sqrt(tr^2 - 4 det)) / 2`` with ``tr = 2 - b - 2 eta b s^2``, ``det = 1 - b``."""
-    tr = 2 - beta - 2 * eta * beta * s * s
-    root = complex(momentum_discriminant(eta, beta, s)) ** 0.5
-    return (tr + root) / 2, (tr - root) / 2
+    """``(tr +- sqrt(tr^2 - 4 det)) / 2`` with ``tr = 2 - b - 2 eta b s^2``, ``det = 1 - b``.
+
+    Real pair: the larger modulus as ``(tr + sign(tr) sqrt(D)) / 2`` (no cancellation), the other
+    as ``det / lambda_1`` (Vieta). Complex pair: ``tr/2 +- i sqrt(4 det - tr^2)/2``."""
+    tr, det = _trace_det(eta, beta, s)
+    disc = tr * tr - 4 * det
+    if disc < 0:
+        re, im = float(tr) / 2, math.sqrt(float(-disc)) / 2
+        return complex(re, im), complex(re, -im)
+    big = (float(tr) + math.copysign(_sqrt_discriminant(tr, det), float(tr))) / 2
+    small = float(det) / big if big != 0 else 0.0
+    return complex(big), complex(small)
 
 
 def momentum_eigen_kind(eta: float, beta: float, s: float, tol: float = 1e-12) -> str:
-    """``complex`` (discriminant < 0), ``repeated`` (= 0) or ``real`` (> 0)."""
-    d = momentum_discriminant(eta, beta, s)
-    scale = beta**2 * (1 + 2 * eta * s * s) ** 2
-    if abs(d) <= tol * max(scale, 1.0):
+    """``complex`` (discriminant < 0), ``repeated`` (``|D| <= tol b^2 (1 + 2 eta s^2)^2``) or ``real``."""
+    tr, det = _trace_det(eta, beta, s)
+    d = tr * tr - 4 * det
+    scale = exact(beta) ** 2 * (1 + 2 * exact(eta) * exact(s) ** 2) ** 2
+    if abs(d) <= Fraction(tol) * max(scale, Fraction(1)):
         return "repeated"
     return "complex" if d < 0 else "real"
 
 
 def momentum_complex_eta_range(beta: float, s: float) -> tuple[float, float]:
     """Eigenvalues are complex (modulus ``sqrt(1-b)``) iff ``|tr| < 2 sqrt(1-b)``, i.e. for eta strictly in
-    ``((1 - sqrt(1-b))^2 / (2 b s^2), (1 + sqrt(1-b))^2 / (2 b s^2))``; repeated at both ends."""
+    ``((1 - sqrt(1-b))^2 / (2 b s^2), (1 + sqrt(1-b))^2 / (2 b s^2))``; repeated at both ends.
+    The lower end is computed as ``b / (2 s^2 (1 + sqrt(1-b))^2)`` (same value, no cancellation)."""
     r = math.sqrt(1 - beta)
-    return (1 - r) ** 2 / (2 * beta * s * s), (1 + r) ** 2 / (2 * beta * s * s)
+    return beta / (2 * s * s * (1 + r) ** 2), (1 + r) ** 2 / (2 * beta * s * s)
 
 
 def momentum_max_stable_eta(beta: float, sigmas) -> float:
@@ -149,9 +199,40 @@ def momentum_max_stable_eta(beta: float, sigmas) -> float:
     return (2 - beta) / (beta * max(sigmas) ** 2)
 
 
+def momentum_is_stable(eta: float, beta: float, sigmas) -> bool:
+    """``0 < eta b s_max^2 < 2 - b`` decided exactly (the float ``max_stable_eta`` is rounded)."""
+    b = exact(beta)
+    return 0 < exact(eta) * b * exact(max(sigmas)) ** 2 < 2 - b
+
+
 def momentum_spectral_radius(eta: float, beta: float, s: float) -> float:
-    """``max |lambda|`` of ``R``."""
-    return max(abs(v) for v in momentum_eigenvalues(eta, beta, s))
+    """``max |lambda|`` of ``R``: ``sqrt(1-b)`` for a complex pair, else ``(|tr| + sqrt(D)) / 2``."""
+    tr, det = _trace_det(eta, beta, s)
+    if tr * tr - 4 * det <= 0:
+        return math.sqrt(float(det))
+    return (abs(float(tr)) + _sqrt_discriminant(tr, det)) / 2
+
+
+def momentum_log_radius(eta: float, beta: float, s: float) -> float:
+    """``ln rho(R)``, accurate when ``rho`` is near 1.
+
+    Complex or repeated pair: ``ln sqrt(1-b) = log1p(-b) / 2``. Real pair, ``T = |tr|``:
+    ``rho - 1 = (T - 2 + sqrt(D)) / 2``; when ``T < 2`` that cancels near ``rho = 1`` and is computed as
+    ``2 (T - 1 - det) / (sqrt(D) + 2 - T)`` (multiply by the conjugate; ``D - (2-T)^2 = 4 (T - 1 - det)``),
+    whose numerator is exact. Then ``ln rho = log1p(rho - 1)`` (``ln rho`` directly when ``rho < 1/2``).
+    """
+    tr, det = _trace_det(eta, beta, s)
+    if tr * tr - 4 * det <= 0:
+        return -math.inf if det == 0 else math.log1p(-beta) / 2
+    big_t, root = abs(tr), _sqrt_discriminant(tr, det)
+    if big_t >= 2:
+        excess = (float(big_t - 2) + root) / 2
+    else:
+        excess = 2 * float(big_t - 1 - det) / (root + float(2 - big_t))
+    if excess < -0.5:
+        rho = momentum_spectral_radius(eta, beta, s)
+        return math.log(rho) if rho > 0 else -math.inf
+    return math.log1p(excess)
 
 
 def momentum_rate(eta: float, beta: float, sigmas) -> float:
@@ -159,10 +240,17 @@ def momentum_rate(eta: float, beta: float, sigmas) -> float:
     return max(momentum_spectral_radius(eta, beta, s) for s in sigmas)
 
 
+def momentum_log_rate(eta: float, beta: float, sigmas) -> float:
+    """``ln`` of :func:`momentum_rate`, by :func:`momentum_log_radius`."""
+    return max(momentum_log_radius(eta, beta, s) for s in sigmas)
+
+
 def _bisect(f, lo: float, hi: float, iters: int = 200) -> float:
     """Root of a function that changes sign once on [lo, hi] (f(lo) < 0 < f(hi))."""
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
         if f(mid) < 0:
             lo = mid
         else:
@@ -177,14 +265,14 @@ def momentum_optimal_eta(beta: float, sigmas) -> tuple[float, float]:
     and rises after it. If the complex intervals of ``s_min`` and ``s_max`` overlap, every eta in
     the overlap gives ``sqrt(1-b)``; the smallest such eta is returned. Otherwise the optimum
     balances the two extremes, ``rho(s_min) = rho(s_max)``, one monotone 1-D equation between
-    ``s_max``'s upper and ``s_min``'s lower boundary, solved by bisection.
+    ``s_max``'s upper and ``s_min``'s lower boundary, solved by bisection on ``ln rho``.
     """
     lo_min, _ = momentum_complex_eta_range(beta, min(sigmas))
     _, hi_max = momentum_complex_eta_range(beta, max(sigmas))
     if lo_min <= hi_max:
         return lo_min, math.sqrt(1 - beta)
-    gap = lambda eta: (momentum_spectral_radius(eta, beta, max(sigmas))  # noqa: E731
-                       - momentum_spectral_radius(eta, beta, min(sigmas)))
+    gap = lambda eta: (momentum_log_radius(eta, beta, max(sigmas))  # noqa: E731
+                       - momentum_log_radius(eta, beta, min(sigmas)))
     eta = _bisect(gap, hi_max, lo_min)
     return eta, momentum_rate(eta, beta, sigmas)
 
@@ -192,15 +280,13 @@ def momentum_optimal_eta(beta: float, sigmas) -> tuple[float, float]:
 def momentum_optimal_pair(sigmas) -> tuple[float, float, float]:
     """Best ``(eta, beta)`` and rate: the complex intervals of ``s_min`` and ``s_max`` just touch.
 
-    With ``k = s_max^2 / s_min^2`` and ``r = sqrt(1-b)``, touching means ``sqrt(k) = (1+r)/(1-r)``:
-    ``r* = (sqrt(k) - 1)/(sqrt(k) + 1)`` (Polyak's heavy-ball rate), ``beta* = 1 - r*^2``,
-    ``eta* = (1 - r*)^2 / (2 beta* s_min^2)``.
+    With ``q = s_max / s_min`` and ``r = sqrt(1-b)``, touching means ``q = (1+r)/(1-r)``:
+    ``r* = (q - 1)/(q + 1)`` (Polyak's heavy-ball rate), ``beta* = 1 - r*^2 = 4 q / (q + 1)^2``,
+    ``eta* = (1 - r*)^2 / (2 beta* s_min^2) = 1 / (2 s_max s_min)`` (the simplified forms do not cancel).
     """
-    root_k = max(sigmas) / min(sigmas)
-    r = (root_k - 1) / (root_k + 1)
-    beta = 1 - r * r
-    eta = (1 - r) ** 2 / (2 * beta * min(sigmas) ** 2)
-    return eta, beta, r
+    s_hi, s_lo = max(sigmas), min(sigmas)
+    q = s_hi / s_lo
+    return 1 / (2 * s_hi * s_lo), 4 * q / (q + 1) ** 2, (q - 1) / (q + 1)
 
 
 def momentum_least_squares_trajectory(X, y, eta: float, beta: float, steps: int) -> np.ndarray:
@@ -214,6 +300,19 @@ def momentum_least_squares_trajectory(X, y, eta: float, beta: float, steps: int)
         states = np.stack([m @ states[:, i] for i, m in enumerate(mats)], axis=1)
         out.append(w_star + states[1] @ vt)
     return np.array(out)
+
+
+def ema_momentum_recurrence(X, y, eta: float, beta: float, steps: int) -> np.ndarray:
+    """Homework eq. (6) written out by hand: ``g = 2 X^T (X w - y)``, ``z <- (1-b) z + b g``,
+    ``w <- w - eta z``, from ``w0 = 0, z0 = 0``; the iterates ``w_1 .. w_steps``."""
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    w, z = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    out = np.empty((steps, X.shape[1]))
+    for t in range(steps):
+        z = (1 - beta) * z + beta * 2 * X.T @ (X @ w - y)
+        w = w - eta * z
+        out[t] = w
+    return out
 
 
 def heavy_ball_equivalent(eta: float, beta: float) -> dict[str, float]:
@@ -273,15 +372,8 @@ def ridge_primal(X, y, lam: float) -> np.ndarray:
 
 
 def ridge_kernel(X, y, lam: float) -> np.ndarray:
-    """``X^T (X X^T + lambda I)^-1 y`` (push-through identity)."""
+    """``X^T (X X^T + lambda I)^-1 y`` (push-through identity). It is also the conditional mean
+    ``Sigma_wY Sigma_YY^-1 y`` for ``w ~ N(0, I)``, ``Y = X w + sqrt(lambda) N`` (``Sigma_wY = X^T``,
+    ``Sigma_YY = X X^T + lambda I``), so the MAP claim maximises the posterior numerically instead
+    (:func:`initopt.analytic.simulate.ridge_map`)."""
     return X.T @ np.linalg.solve(X @ X.T + lam * np.eye(X.shape[0]), y)
-
-
-def ridge_map(X, y, lam: float) -> np.ndarray:
-    """MAP = conditional mean for ``w ~ N(0, I)``, ``Y = X w + sqrt(lambda) N``, ``N ~ N(0, I)``:
-    jointly Gaussian with ``Sigma_wY = X^T``, ``Sigma_YY = X X^T + lambda I``, so
-    ``E[w | Y = y] = Sigma_wY Sigma_YY^-1 y``."""
-    sigma_wy = X.T
-    sigma_yy = X @ X.T + lam * np.eye(X.shape[0])
-    return sigma_wy @ np.linalg.solve(sigma_yy, y)
-

@@ -80,6 +80,26 @@ def noisy_inputs_expected_loss(X, y, w, sigma: float, draws: int = 20000, seed: 
     return (((Xt + noise) @ wt - yt) ** 2).sum(-1).mean().item()
 
 
+def ridge_map(X, y, lam: float, max_iter: int = 200) -> np.ndarray:
+    """MAP estimate for ``w ~ N(0, I)``, ``y = X w + sqrt(lam) N``, ``N ~ N(0, I)``: the minimiser of the
+    negative log posterior ``||Xw - y||^2 / (2 lam) + ||w||^2 / 2``, found by ``torch.optim.LBFGS``
+    with autograd gradients, from ``w = 0``. Unit steps, no line search: a line search compares loss
+    values, which stop resolving progress once the gradient is ~sqrt(float eps) (1e-8 here)."""
+    Xt, yt = torch.as_tensor(X, dtype=F64), torch.as_tensor(y, dtype=F64)
+    w = torch.zeros(Xt.shape[1], dtype=F64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-14, tolerance_change=0.0,
+                            history_size=20)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((Xt @ w - yt) ** 2).sum() / (2 * lam) + (w**2).sum() / 2
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy().copy()
+
+
 def measured_rate(errors: np.ndarray, order: int, floor: float = 1e-9) -> float:
     """Per-step contraction read off a trajectory of errors ``e_t = w_t - w*``.
 
