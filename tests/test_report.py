@@ -11,6 +11,7 @@ import pytest
 from conftest import read_metrics, run_cli
 
 from initopt.report import activations, figures, heatmaps
+from initopt.report.__main__ import main as report_main
 from initopt.report.build import load
 from initopt.report.collect import WEIGHT_MEAN
 from initopt.report.stats import mean_sd
@@ -197,8 +198,7 @@ def test_replica_jobs_are_labelled_at_initialization_only(tmp_path):
 def test_one_seed_shows_the_value_without_a_spread_and_diverged_runs_are_marked(tmp_path):
     proc = run_cli("-m", "optim=sgd", "optim.lr=0.1,1e4", "steps=30", "hydra.sweep.dir=sw", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_cli(str(tmp_path / "sw"), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report_main([str(tmp_path / "sw")]) == 0
     table = (tmp_path / "sw/report/summary.md").read_text()
     diverged_line = next(line for line in table.splitlines() if "optim.lr=10000" in line)
     assert "**diverged**: seed 0 at step" in diverged_line and "0/1 ok" in diverged_line
@@ -208,7 +208,7 @@ def test_one_seed_shows_the_value_without_a_spread_and_diverged_runs_are_marked(
     assert row["test_accuracy_std"] == ""
 
 
-def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path):
+def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path, capsys):
     sw = tmp_path / "sw"
     shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
     jobs = sorted(p for p in sw.iterdir() if p.is_dir())
@@ -218,10 +218,9 @@ def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path):
     text = (jobs[3] / "metrics.json").read_text()
     (jobs[3] / "metrics.json").write_text(text[: len(text) // 2])  # truncated
     shutil.rmtree(jobs[4])  # not started yet
-    proc = run_cli(str(sw), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report_main([str(sw)]) == 0
     names = [j.name for j in jobs]
-    line = next(x for x in proc.stderr.splitlines() if "jobs finished" in x)
+    line = next(x for x in capsys.readouterr().err.splitlines() if "jobs finished" in x)
     assert line.startswith("initopt.report: 3 of 8 jobs finished; 3 running: ")
     assert f"{names[0]} (no metrics.json yet)" in line and f"{names[1]} (checkpoint.pt, not finished)" in line
     assert f"{names[2]} (.initopt.lock)" in line
@@ -232,19 +231,25 @@ def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path):
     assert all(r["run"].startswith("init=") and ",optim.lr=" in r["run"] for r in rows)  # labels kept
 
 
-def test_nothing_usable_is_a_one_line_error(sweep, tmp_path):
+def _exit_and_stderr(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        report_main(argv)
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_nothing_usable_is_a_one_line_error(sweep, tmp_path, capsys):
     sw = tmp_path / "sw"
     shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
     for job in (p for p in sw.iterdir() if p.is_dir()):
         (job / ".initopt.lock").write_text("")
-    proc = run_cli(str(sw), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "holds no finished job to report (0 of 8 jobs finished; 8 running" \
-        in proc.stderr
+    code, err = _exit_and_stderr([str(sw)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds no finished job to report (0 of 8 jobs finished; 8 running" in err
+    assert not (sw / "report").exists()
 
 
-def test_an_empty_folder_is_a_clear_error(tmp_path):
-    proc = run_cli(str(tmp_path), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 2 and "holds no finished job to report (no job directory in it)" in proc.stderr
-    proc = run_cli(str(tmp_path), "--target-accuracy", "7", module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 2 and "--target-accuracy=7.0 is not allowed: must be in (0, 1]" in proc.stderr
+def test_an_empty_folder_or_a_bad_target_is_a_clear_error(tmp_path, capsys):
+    code, err = _exit_and_stderr([str(tmp_path)], capsys)
+    assert code == 2 and "holds no finished job to report (no job directory in it)" in err
+    code, err = _exit_and_stderr([str(tmp_path), "--target-accuracy", "7"], capsys)
+    assert code == 2 and "--target-accuracy=7.0 is not allowed: must be in (0, 1]" in err

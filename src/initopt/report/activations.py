@@ -71,7 +71,7 @@ def activations_by_depth(groups: list[Group], styles: Styles, title: str):
         ax.grid(alpha=0.3)
     at_init.set_ylabel("std of the layer's output (mean over seeds)")
     st.log_axis(at_init, np.concatenate(drawn))
-    note = "at init: mean over the seeds (n per line)"
+    note = st.seeds_note(groups).split("\n")[0]
     if init_only and end_steps:
         note += "\nactivations at init only (replicas): " + ", ".join(init_only)
     styles.legend(legend_ax, groups, note)
