@@ -83,14 +83,23 @@ def choices_of(job: Job) -> dict[str, str]:
     return out
 
 
+def _scalars_of(directory: Path, metrics: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A run's scalars; none at all from a run that trained to its end (ok or diverged) means
+    its event files are missing or unreadable. A failed run may have none."""
+    scalars = read_scalars(directory)
+    if not scalars and metrics.get("status") in ("ok", "diverged"):
+        raise ValueError(f"no TensorBoard scalars read from {directory.name}")
+    return scalars
+
+
 def runs_of(job: Job) -> list[Run]:
     """The runs of a finished job, scalars read; a vectorized job gives one run per replica."""
     overrides = choices_of(job)
     replicas = job.metrics.get("replicas")
     if not replicas:
-        return [Run(job.path, overrides, job.metrics, job.config, read_scalars(job.path))]
+        return [Run(job.path, overrides, job.metrics, job.config, _scalars_of(job.path, job.metrics))]
     return [Run(job.path / r["event_dir"], {**overrides, SEED_KEY: str(r["seed"])}, r, job.config,
-                read_scalars(job.path / r["event_dir"])) for r in replicas]
+                _scalars_of(job.path / r["event_dir"], r)) for r in replicas]
 
 
 def varying_keys(jobs: list[Job]) -> list[str]:

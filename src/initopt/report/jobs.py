@@ -145,7 +145,8 @@ class Inventory:
     def sentence(self) -> str:
         """E.g. ``3 of 4 jobs finished; 1 running: init=he (no metrics.json yet)``."""
         total = len(self.jobs) + self.not_started
-        parts = [f"{len(self.of('finished'))} of {total} jobs finished"]
+        failed = sum(j.metrics.get("status") == "failed" for j in self.of("finished"))
+        parts = [f"{len(self.of('finished'))} of {total} jobs finished" + (f" ({failed} failed)" if failed else "")]
         for state in ("running", "unreadable"):
             jobs = self.of(state)
             if jobs:
