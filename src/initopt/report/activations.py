@@ -40,6 +40,8 @@ def _starts(groups: list[Group], tags: list[str]) -> list[tuple[Group, np.ndarra
 
 
 def activations_by_depth(groups: list[Group], styles: Styles, title: str):
+    """The figure (None without activation records): std of act_l against l, the mean over seeds,
+    at step 0 (a line per distinct start) and at the last recorded step (a line per group)."""
     tags = depth_order(sorted({t for g in groups for r in g.runs for t in r.scalars if t.startswith(PREFIX)}))
     if not tags:
         return None

@@ -49,6 +49,8 @@ def _layout(groups: list[Group]) -> list[tuple[int, int]]:
 
 
 def gradient_heatmaps(groups: list[Group], title: str):
+    """The figure: one panel per group, colour log10 of mean_seeds ||grad_t|| per tensor t and
+    log-spaced step bin; one LogNorm over the positive cells of all panels; exact zeros apart."""
     from matplotlib.colors import ListedColormap, LogNorm
     from matplotlib.patches import Patch
 

@@ -27,6 +27,7 @@ CHECKPOINT = "checkpoint.pt"
 LOCK = ".initopt.lock"
 MARKERS = (".hydra", METRICS, CHECKPOINT, LOCK)
 FINAL_STATUSES = ("ok", "diverged", "failed")
+REPORTED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")  # final metrics the table needs
 
 
 @dataclass
@@ -78,10 +79,25 @@ def classify(path: Path) -> Job:
     except (OSError, ValueError) as err:
         return Job(path, "unreadable", f"{METRICS}: {_one_line(err)}", overrides=job.overrides,
                    config=job.config, number=job.number)
-    status = job.metrics.get("status") if isinstance(job.metrics, dict) else None
+    problem = _schema_problem(job.metrics)
+    if problem:
+        return Job(path, "unreadable", f"{METRICS}: {problem}", overrides=job.overrides, config=job.config,
+                   number=job.number)
+    status = job.metrics.get("status")
     if status not in FINAL_STATUSES:
         job.state, job.reason = "running", f"status {status!r}"
     return job
+
+
+def _schema_problem(metrics) -> str:
+    """What keeps a parsed ``metrics.json`` from being reported ('' when nothing does)."""
+    if not isinstance(metrics, dict):
+        return "not a JSON object"
+    runs = metrics.get("replicas") or [metrics]
+    if metrics.get("status") == "ok" and not all(isinstance(r, dict) and isinstance(r.get("final"), dict)
+                                                 and set(REPORTED) <= r["final"].keys() for r in runs):
+        return f"no final {'/'.join(REPORTED)}"
+    return ""
 
 
 def _one_line(err: BaseException) -> str:
