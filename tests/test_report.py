@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import read_metrics, run_cli
 
 from initopt.report import activations, figures, heatmaps
+from initopt.report.__main__ import main as report_main
 from initopt.report.build import load
-from initopt.report.collect import WEIGHT_MEAN
-from initopt.report.stats import mean_sd
-from initopt.report.style import INIT_COLOURS, OPTIM_STYLES, ZERO_LABEL
+from initopt.report.collect import WEIGHT_MEAN, Group, Run
+from initopt.report.stats import mean_sd, seed_stats
+from initopt.report.style import INIT_COLOURS, OPTIM_STYLES, ZERO_LABEL, Styles
+from initopt.report.tables import markdown_table, summarize, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,26 @@ def test_one_standard_deviation_definition_the_sample_sd():
     assert np.isnan(mean_sd([5.0])[1])
 
 
+def test_curve_bands_are_the_sample_sd_over_seeds(sweep):
+    loaded = load(sweep[0])
+    group = loaded.groups[-1]
+    stats = seed_stats(group, "accuracy/test")
+    values = np.stack([r.scalars["accuracy/test"][1] for r in group.runs])
+    assert stats.n == 2 and stats.sd == pytest.approx(values.std(axis=0, ddof=1))
+    assert stats.mean == pytest.approx(values.mean(axis=0))
+
+
+def test_an_evaluation_at_step_0_is_drawn_with_a_marker():
+    steps, acc = np.array([0, 50, 100]), np.array([0.5, 0.7, 0.9])
+    run = Run(Path("r"), {"init": "he"}, {"status": "ok"}, {"init": {"name": "he"}, "optim": {"name": "sgd"}},
+              {"accuracy/test": (steps, acc), "loss/batch": (np.arange(1, 101), np.linspace(1, 0.1, 100))})
+    group = Group("init=he", {"init": "he"}, [run])
+    fig = figures.training_curves([group], Styles([group]), "")
+    line = fig.axes[2].get_lines()[0]
+    assert list(line.get_xdata()) == [0, 50, 100] and line.get_marker() == "o"
+    assert fig.axes[2].get_xscale() == "linear" and fig.axes[0].get_xscale() == "log"
+
+
 def test_lr_sensitivity_bars_are_the_sample_sd(sweep):
     sw, _ = sweep
     loaded = load(sw)
@@ -132,7 +155,8 @@ def test_colour_is_the_init_and_line_style_the_optimizer_in_every_figure(grid):
         assert line.get_color() == INIT_COLOURS[group.init]
         assert line.get_linestyle() == OPTIM_STYLES[group.optim]
     acts = activations.activations_by_depth(grid.groups, grid.styles, "")
-    assert [line.get_color() for line in acts.axes[0].get_lines()] == [INIT_COLOURS[i] for i in ("zero", "normal", "he")]
+    at_init = [line.get_color() for line in acts.axes[0].get_lines()]
+    assert at_init == [INIT_COLOURS[i] for i in ("zero", "normal", "he")]
 
 
 def test_sparse_curves_have_markers_and_the_legend_has_its_own_panel(grid):
@@ -182,10 +206,14 @@ def test_activations_at_init_are_drawn_once_per_init(grid):
     assert at_end.get_title() == "at the last recorded step (step 12)"
 
 
-def test_replica_jobs_are_labelled_at_initialization_only(tmp_path):
-    proc = run_cli("-m", "init=zero,he", "replicas=2", "model.hidden=[8,8]", "steps=8", "eval_every=4",
-                   "hydra.sweep.dir=sw", cwd=tmp_path)
+def test_replica_jobs_are_labelled_at_initialization_only_and_diverged_replicas_marked(tmp_path):
+    proc = run_cli("-m", "optim=sgd", "optim.lr=0.1,1e4", "replicas=2", "model.hidden=[8,8]", "steps=10",
+                   "eval_every=5", "hydra.sweep.dir=sw", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report_main([str(tmp_path / "sw")]) == 0
+    table = (tmp_path / "sw/report/summary.md").read_text()
+    diverged_line = next(line for line in table.splitlines() if "optim.lr=10000" in line)
+    assert "**diverged**: seed 0 at step" in diverged_line and "0/2 ok" in diverged_line
     loaded = load(tmp_path / "sw")
     assert [len(g.runs) for g in loaded.groups] == [2, 2]
     fig = activations.activations_by_depth(loaded.groups, loaded.styles, "")
@@ -194,21 +222,16 @@ def test_replica_jobs_are_labelled_at_initialization_only(tmp_path):
     assert "last recorded step" not in " ".join(ax.get_title() for ax in fig.axes)
 
 
-def test_one_seed_shows_the_value_without_a_spread_and_diverged_runs_are_marked(tmp_path):
-    proc = run_cli("-m", "optim=sgd", "optim.lr=0.1,1e4", "steps=30", "hydra.sweep.dir=sw", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_cli(str(tmp_path / "sw"), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = (tmp_path / "sw/report/summary.md").read_text()
-    diverged_line = next(line for line in table.splitlines() if "optim.lr=10000" in line)
-    assert "**diverged**: seed 0 at step" in diverged_line and "0/1 ok" in diverged_line
-    ok_line = next(line for line in table.splitlines() if "optim.lr=0.1 " in line)
-    assert "±" not in ok_line and "| 1 |" in ok_line
-    row = next(r for r in csv.DictReader(open(tmp_path / "sw/report/summary.csv")) if r["run"] == "optim.lr=0.1")
-    assert row["test_accuracy_std"] == ""
+def test_one_seed_shows_the_value_without_a_spread(grid, tmp_path):
+    rows = [summarize(g, 0.9) for g in grid.groups]
+    lines = markdown_table(rows, 0.9).splitlines()[4:]
+    assert len(lines) == 9 and all("±" not in line and "| 1 |" in line for line in lines)
+    write_csv(rows, tmp_path / "s.csv")
+    table = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert all(r["test_accuracy_std"] == "" and r["test_accuracy_mean"] for r in table)
 
 
-def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path):
+def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path, capsys):
     sw = tmp_path / "sw"
     shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
     jobs = sorted(p for p in sw.iterdir() if p.is_dir())
@@ -218,33 +241,41 @@ def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path):
     text = (jobs[3] / "metrics.json").read_text()
     (jobs[3] / "metrics.json").write_text(text[: len(text) // 2])  # truncated
     shutil.rmtree(jobs[4])  # not started yet
-    proc = run_cli(str(sw), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for events in jobs[5].glob("events.out.tfevents*"):
+        events.write_bytes(b"garbage")  # finished, but its curves are gone
+    assert report_main([str(sw)]) == 0
     names = [j.name for j in jobs]
-    line = next(x for x in proc.stderr.splitlines() if "jobs finished" in x)
-    assert line.startswith("initopt.report: 3 of 8 jobs finished; 3 running: ")
+    line = next(x for x in capsys.readouterr().err.splitlines() if "jobs finished" in x)
+    assert line.startswith("initopt.report: 2 of 8 jobs finished; 3 running: ")
     assert f"{names[0]} (no metrics.json yet)" in line and f"{names[1]} (checkpoint.pt, not finished)" in line
     assert f"{names[2]} (.initopt.lock)" in line
-    assert f"1 unreadable: {names[3]} (metrics.json: JSONDecodeError" in line and line.endswith("1 not started")
-    assert "3 of 8 jobs finished; 3 running" in (sw / "report/report.md").read_text()
+    assert f"2 unreadable: {names[3]} (metrics.json: JSONDecodeError" in line
+    assert f"{names[5]} (events: ValueError: no TensorBoard scalars" in line and line.endswith("; 1 not started")
+    assert "2 of 8 jobs finished; 3 running" in (sw / "report/report.md").read_text()
     rows = list(csv.DictReader(open(sw / "report/summary.csv")))
-    assert sum(int(r["seeds"]) for r in rows) == 3
+    assert sum(int(r["seeds"]) for r in rows) == 2
     assert all(r["run"].startswith("init=") and ",optim.lr=" in r["run"] for r in rows)  # labels kept
 
 
-def test_nothing_usable_is_a_one_line_error(sweep, tmp_path):
+def _exit_and_stderr(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        report_main(argv)
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_nothing_usable_is_a_one_line_error(sweep, tmp_path, capsys):
     sw = tmp_path / "sw"
     shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
     for job in (p for p in sw.iterdir() if p.is_dir()):
         (job / ".initopt.lock").write_text("")
-    proc = run_cli(str(sw), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "holds no finished job to report (0 of 8 jobs finished; 8 running" \
-        in proc.stderr
+    code, err = _exit_and_stderr([str(sw)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds no finished job to report (0 of 8 jobs finished; 8 running" in err
+    assert not (sw / "report").exists()
 
 
-def test_an_empty_folder_is_a_clear_error(tmp_path):
-    proc = run_cli(str(tmp_path), module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 2 and "holds no finished job to report (no job directory in it)" in proc.stderr
-    proc = run_cli(str(tmp_path), "--target-accuracy", "7", module="initopt.report", cwd=tmp_path)
-    assert proc.returncode == 2 and "--target-accuracy=7.0 is not allowed: must be in (0, 1]" in proc.stderr
+def test_an_empty_folder_or_a_bad_target_is_a_clear_error(tmp_path, capsys):
+    code, err = _exit_and_stderr([str(tmp_path)], capsys)
+    assert code == 2 and "holds no finished job to report (no job directory in it)" in err
+    code, err = _exit_and_stderr([str(tmp_path), "--target-accuracy", "7"], capsys)
+    assert code == 2 and "--target-accuracy=7.0 is not allowed: must be in (0, 1]" in err

@@ -49,7 +49,7 @@ def choices(cfg: DictConfig, group_choices: dict | None = None) -> dict[str, str
             "momentum_form": cfg.optim.get("form", "")}
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class MemberRun:
     """One member: its config (the job's with its own seed), directory and where it starts."""
 
@@ -62,7 +62,7 @@ class MemberRun:
     logger: RunLogger | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class Job:
     cfg: DictConfig
     output_dir: Path
@@ -155,7 +155,7 @@ def _plan_member(cfg: DictConfig, member_dir: Path, name: str) -> MemberRun:
 
 
 # ----------------------------------------------------------------------------- populations
-@dataclass
+@dataclass(eq=False)
 class Population:
     """Members (of one or more jobs) that train together: same shapes, data, schedule, family, step."""
 

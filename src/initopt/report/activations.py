@@ -40,6 +40,8 @@ def _starts(groups: list[Group], tags: list[str]) -> list[tuple[Group, np.ndarra
 
 
 def activations_by_depth(groups: list[Group], styles: Styles, title: str):
+    """The figure (None without activation records): std of act_l against l, the mean over seeds,
+    at step 0 (a line per distinct start) and at the last recorded step (a line per group)."""
     tags = depth_order(sorted({t for g in groups for r in g.runs for t in r.scalars if t.startswith(PREFIX)}))
     if not tags:
         return None
@@ -71,7 +73,7 @@ def activations_by_depth(groups: list[Group], styles: Styles, title: str):
         ax.grid(alpha=0.3)
     at_init.set_ylabel("std of the layer's output (mean over seeds)")
     st.log_axis(at_init, np.concatenate(drawn))
-    note = "at init: mean over the seeds (n per line)"
+    note = st.seeds_note(groups).split("\n")[0]
     if init_only and end_steps:
         note += "\nactivations at init only (replicas): " + ", ".join(init_only)
     styles.legend(legend_ax, groups, note)

@@ -52,7 +52,7 @@ def _usable_runs(found: Inventory) -> list[Run]:
     for job in found.of("finished"):
         try:
             runs += runs_of(job)
-        except Exception as err:  # a corrupt event file, whatever the reader raises
+        except Exception as err:  # missing or corrupt event files, whatever the reader raises
             job.state, job.reason = "unreadable", f"events: {type(err).__name__}: {str(err)[:120]}"
     return runs
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from initopt.report.jobs import Job
+from initopt.rundir import NON_RUN_KEYS
 
 SEED_KEY = "seed"
 INIT_ORDER = ("zero", "normal", "xavier", "he")
 OPTIM_ORDER = ("sgd", "momentum", "adam")
 FIRST_KEYS = ("init", "optim")
-# Overrides that say how a sweep ran, not what it computed.
-NOT_A_CHOICE = ("experiment", "launcher", "device", "progress", "threads", "resume", "checkpoint_every",
-                "data.root", "data.download", "replicas", "replicas_mode", "flush_every")
+# Overrides that say how a sweep ran, not what it computed: the run directory's list, plus the
+# replica count (its seeds are grouped like a seed sweep's) and when records were written.
+NOT_A_CHOICE = (*NON_RUN_KEYS, "replicas", "flush_every")
 WEIGHT_MEAN = "grad_summary/mean_weight_norm"  # derived: mean over the weight tensors' gradient norms
 
 
@@ -83,14 +84,23 @@ def choices_of(job: Job) -> dict[str, str]:
     return out
 
 
+def _scalars_of(directory: Path, metrics: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A run's scalars; none at all from a run that trained to its end (ok or diverged) means
+    its event files are missing or unreadable. A failed run may have none."""
+    scalars = read_scalars(directory)
+    if not scalars and metrics.get("status") in ("ok", "diverged"):
+        raise ValueError(f"no TensorBoard scalars read from {directory.name}")
+    return scalars
+
+
 def runs_of(job: Job) -> list[Run]:
     """The runs of a finished job, scalars read; a vectorized job gives one run per replica."""
     overrides = choices_of(job)
     replicas = job.metrics.get("replicas")
     if not replicas:
-        return [Run(job.path, overrides, job.metrics, job.config, read_scalars(job.path))]
+        return [Run(job.path, overrides, job.metrics, job.config, _scalars_of(job.path, job.metrics))]
     return [Run(job.path / r["event_dir"], {**overrides, SEED_KEY: str(r["seed"])}, r, job.config,
-                read_scalars(job.path / r["event_dir"])) for r in replicas]
+                _scalars_of(job.path / r["event_dir"], r)) for r in replicas]
 
 
 def varying_keys(jobs: list[Job]) -> list[str]:

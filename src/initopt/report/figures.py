@@ -34,7 +34,11 @@ def draw(ax, groups: list[Group], styles: Styles, tag: str, log_x: bool, log_y: 
     if log_x and drawn:
         ax.set_xscale("log")
     if log_y and drawn:
-        st.log_axis(ax, np.concatenate(drawn))
+        means = np.concatenate(drawn)
+        st.log_axis(ax, means)
+        positive = means[np.isfinite(means) & (means > 0)]
+        if ax.get_yscale() == "log" and len(positive):  # the means set the range; wide bands run off it
+            ax.set_ylim(positive.min() / 2, positive.max() * 2)
     return drawn
 
 

@@ -38,16 +38,19 @@ def _edges(centres: np.ndarray) -> np.ndarray:
 
 def _layout(groups: list[Group]) -> list[tuple[int, int]]:
     """Panel (row, column) per group: rows = inits and columns = optimizers for an init x optim
-    grid, else three to a row in order."""
+    grid, else four to a row in order."""
     inits = list(dict.fromkeys(g.init for g in groups))
     optims = list(dict.fromkeys(g.optim for g in groups))
-    if len(inits) * len(optims) == len(groups) and len({(g.init, g.optim) for g in groups}) == len(groups):
+    if (len(inits) > 1 and len(optims) > 1 and len(inits) * len(optims) == len(groups)
+            and len({(g.init, g.optim) for g in groups}) == len(groups)):
         return [(inits.index(g.init), optims.index(g.optim)) for g in groups]
-    cols = min(3, len(groups))
+    cols = min(4, len(groups))
     return [(k // cols, k % cols) for k in range(len(groups))]
 
 
 def gradient_heatmaps(groups: list[Group], title: str):
+    """The figure: one panel per group, colour log10 of mean_seeds ||grad_t|| per tensor t and
+    log-spaced step bin; one LogNorm over the positive cells of all panels; exact zeros apart."""
     from matplotlib.colors import ListedColormap, LogNorm
     from matplotlib.patches import Patch
 
@@ -88,7 +91,7 @@ def gradient_heatmaps(groups: list[Group], title: str):
                      shrink=min(1.0, 6 / rows + 0.2))
     if (values == 0).any():
         fig.legend(handles=[Patch(color=st.ZERO_COLOUR, label=f"{st.ZERO_LABEL} (every seed, whole bin)")],
-                   loc="outside upper right", fontsize=9)
+                   loc="outside lower center", fontsize=9)
     fig.suptitle(title + "\ngradient norm per parameter tensor (input layer at the top) against iteration",
                  fontsize=10)
     return fig

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-METRICS = "metrics.json"
-CHECKPOINT = "checkpoint.pt"
-LOCK = ".initopt.lock"
+from initopt.rundir import CHECKPOINT, LOCK, METRICS  # the run directory's one owner
+
 MARKERS = (".hydra", METRICS, CHECKPOINT, LOCK)
 FINAL_STATUSES = ("ok", "diverged", "failed")
+REPORTED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")  # final metrics the table needs
 
 
 @dataclass
@@ -78,10 +78,25 @@ def classify(path: Path) -> Job:
     except (OSError, ValueError) as err:
         return Job(path, "unreadable", f"{METRICS}: {_one_line(err)}", overrides=job.overrides,
                    config=job.config, number=job.number)
-    status = job.metrics.get("status") if isinstance(job.metrics, dict) else None
+    problem = _schema_problem(job.metrics)
+    if problem:
+        return Job(path, "unreadable", f"{METRICS}: {problem}", overrides=job.overrides, config=job.config,
+                   number=job.number)
+    status = job.metrics.get("status")
     if status not in FINAL_STATUSES:
         job.state, job.reason = "running", f"status {status!r}"
     return job
+
+
+def _schema_problem(metrics) -> str:
+    """What keeps a parsed ``metrics.json`` from being reported ('' when nothing does)."""
+    if not isinstance(metrics, dict):
+        return "not a JSON object"
+    runs = metrics.get("replicas") or [metrics]
+    if metrics.get("status") == "ok" and not all(isinstance(r, dict) and isinstance(r.get("final"), dict)
+                                                 and set(REPORTED) <= r["final"].keys() for r in runs):
+        return f"no final {'/'.join(REPORTED)}"
+    return ""
 
 
 def _one_line(err: BaseException) -> str:
@@ -145,7 +160,8 @@ class Inventory:
     def sentence(self) -> str:
         """E.g. ``3 of 4 jobs finished; 1 running: init=he (no metrics.json yet)``."""
         total = len(self.jobs) + self.not_started
-        parts = [f"{len(self.of('finished'))} of {total} jobs finished"]
+        failed = sum(j.metrics.get("status") == "failed" for j in self.of("finished"))
+        parts = [f"{len(self.of('finished'))} of {total} jobs finished" + (f" ({failed} failed)" if failed else "")]
         for state in ("running", "unreadable"):
             jobs = self.of(state)
             if jobs:

@@ -21,10 +21,11 @@ SD_LABEL = "sample sd (ddof = 1) over n seeds"
 def mean_sd(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample sd (ddof = 1) along ``axis``; the sd is NaN where n = 1."""
     arr = np.asarray(values, dtype=float)
-    mean = arr.mean(axis=axis)
-    if arr.shape[axis] < 2:
-        return mean, np.full_like(mean, np.nan)
-    return mean, arr.std(axis=axis, ddof=1)
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged seed's inf / nan stays inf / nan
+        mean = arr.mean(axis=axis)
+        if arr.shape[axis] < 2:
+            return mean, np.full_like(mean, np.nan)
+        return mean, arr.std(axis=axis, ddof=1)
 
 
 def bin_index(steps: np.ndarray, log: bool, n_bins: int = MAX_POINTS) -> np.ndarray:
@@ -39,7 +40,8 @@ def bin_index(steps: np.ndarray, log: bool, n_bins: int = MAX_POINTS) -> np.ndar
 def binned(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Mean of ``values`` in each bin of ``index`` (an all-zero bin stays exactly 0)."""
     counts = np.bincount(index)
-    return np.bincount(index, weights=values) / counts
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.bincount(index, weights=values) / counts
 
 
 @dataclass

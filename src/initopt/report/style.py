@@ -141,5 +141,5 @@ def seeds_note(groups: list[Group]) -> str:
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     if ns[-1] < 2:
         return f"{n_text} seed per line: no band"
-    return f"line: mean over {n_text} seeds; band: mean ± 1 sample sd (ddof = 1)" + (
-        "; n = 1: no band" if ns[0] < 2 else "")
+    return f"line: mean over {n_text} seeds\nband: mean ± 1 sample sd (ddof = 1)" + (
+        "\nn = 1: no band" if ns[0] < 2 else "")

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from initopt.report.collect import Group, Run
+from initopt.report.jobs import REPORTED
 from initopt.report.stats import SD_LABEL, mean_sd
 
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+METRICS = REPORTED
 
 
 @dataclass
