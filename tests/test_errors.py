@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
+from initopt.resume import load_checkpoint
 from omegaconf import OmegaConf
 from test_data import fake_mnist_dir
 
 from initopt.checks import precheck_command_line, user_error_line
 from initopt.config import ConfigError, clip_words, load_error_cause
 from initopt.data import load_dataset, min_generated_samples
-from initopt.resume import load_checkpoint
 from initopt.threads import DEFAULT_THREADS, choose_threads
 
 CPU = torch.device("cpu")

@@ -49,7 +49,7 @@ def _announce(groups: list[jobs.Population], budget: int) -> None:
     sizes = [len(g.members) for g in groups]
     if not sizes:
         return
-    split = " (split at hydra.launcher.member_budget={budget})".format(budget=budget) \
+    split = f" (split at hydra.launcher.member_budget={budget})" \
         if budget and any(s == budget for s in sizes) and len(sizes) > 1 else ""
     print(f"population launcher: {sum(sizes)} members to train in {len(sizes)} population(s) of "
           f"{', '.join(map(str, sizes))}{split}", file=sys.stderr)

@@ -22,9 +22,9 @@ stop the sweep; rerunning the same command resumes it and skips the finished job
 # No `from __future__ import annotations` here: Hydra's plugin scan runs this module before it is in
 # sys.modules, and dataclasses then cannot resolve string annotations.
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
