@@ -336,10 +336,14 @@ def validate(cfg: DictConfig) -> None:
 def register_resolvers() -> None:
     """``${initopt_non_run_keys:}`` in conf/train.yaml: Hydra's directory names leave out the keys
     that do not change a run, from the one list in :mod:`initopt.rundir`."""
-    from initopt.rundir import dirname_exclude_keys
-
     if not OmegaConf.has_resolver("initopt_non_run_keys"):
-        OmegaConf.register_new_resolver("initopt_non_run_keys", dirname_exclude_keys)
+        OmegaConf.register_new_resolver("initopt_non_run_keys", _non_run_keys)
+
+
+def _non_run_keys() -> list[str]:
+    from initopt.rundir import dirname_exclude_keys  # at call time: rundir imports this module
+
+    return dirname_exclude_keys()
 
 
 # The YAML files extend these schemas by name: register them whenever configs may be composed.
