@@ -119,3 +119,37 @@ def test_a_checkpoint_of_another_config_is_a_one_line_error(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "fingerprints": ["other"]}, tmp_path / "c.pt")
     with pytest.raises(ConfigError, match="another config"):
         checkpoint.load(tmp_path / "c.pt", ["mine"])
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing events: exit 2 with one line, no partial event file, a failure record."""
+    import errno
+
+    from initopt import tb, train
+
+    real_write = tb.EventFile.write
+    written = {"n": 0}
+
+    def write(self, event):
+        written["n"] += 1
+        if written["n"] > 40:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return real_write(self, event)
+
+    monkeypatch.setattr(tb.EventFile, "write", write)
+    cfg = compose_job([*RUN, "steps=200"])
+    with pytest.raises(ConfigError, match="the disk is full") as caught:
+        train.run(cfg, tmp_path / "run", "run")
+    assert len(str(caught.value).splitlines()) == 1
+    assert not list((tmp_path / "run").glob("events.out.tfevents*"))
+    assert not (tmp_path / "run" / "metrics.json.tmp").exists()
+    assert read_metrics(tmp_path / "run")["status"] == "failed"
+    assert not (tmp_path / "run" / rundir.LOCK).exists()
+
+
+def test_more_replicas_than_open_files_allow_are_refused_before_anything_starts(tmp_path):
+    proc = run_cli("replicas=100000", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 2 and "open files" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    proc = run_cli("replicas=1000", "model.hidden=[4096,4096]", "batch_size=256", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 2 and "GiB of memory" in proc.stderr

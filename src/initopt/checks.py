@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from initopt.config import ConfigError, first_line, validate
 from initopt.data import check_available, check_split, expected_train_size, min_generated_samples
+from initopt.resources import check_population_fits
 
 CONFIG_MODULE = "initopt.conf"
 
@@ -54,7 +55,9 @@ def check_config(cfg: DictConfig) -> None:
     validate(cfg)
     resolve_device(cfg.device)
     check_available(cfg.data)
-    check_runnable(cfg, expected_train_size(cfg.data))
+    n_train = expected_train_size(cfg.data)
+    check_runnable(cfg, n_train)
+    check_population_fits(cfg, cfg.replicas, n_train)
 
 
 # ---------------------------------------------------------------------------- errors

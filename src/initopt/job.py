@@ -14,6 +14,7 @@ Single runs (``initopt.train``) and the population launcher go through the same 
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import traceback
@@ -391,6 +392,22 @@ def _aggregate_metrics(job: Job) -> dict:
                       "final": r["final"], "history": r["history"],
                       "event_dir": str(m.dir.relative_to(job.output_dir))} for m, r in zip(job.members, records)],
     }
+
+
+def as_user_error(job: Job, err: BaseException) -> BaseException:
+    """A full disk becomes one line (what, where, what to do), and the unfinished members' partial
+    outputs go, so nothing half-written stays (a member with a checkpoint keeps it and its events:
+    rerunning resumes there)."""
+    if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return err
+    for member in job.members:
+        if member.start != "finished" and not (member.dir / rundir.CHECKPOINT).exists():
+            rundir.clear_stale(member.dir)
+    if job.replicated:
+        rundir.clear_stale(job.output_dir, keep_replicas=True)
+    where = getattr(err, "filename", None) or job.output_dir
+    return ConfigError("hydra.run.dir", str(job.output_dir),
+                       f"the disk is full ({err.strerror} writing {where}); free some space and rerun")
 
 
 def record_failure(output_dir: Path, err: BaseException) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from initopt import job as jobs
+from initopt.resources import FILE_MARGIN, open_file_limit
 from initopt.signals import StopSignals
 
 
@@ -20,7 +21,7 @@ def train_sweep(prepared: list[jobs.Job], member_budget: int) -> dict[int, dict 
     try:
         if live:
             jobs.set_threads_and_determinism(live[0].cfg)
-        groups = jobs.populations(live, member_budget)
+        groups = jobs.populations(live, capped_budget(member_budget))
         _announce(groups, member_budget)
         with StopSignals() as stop:
             for n, group in enumerate(groups, 1):
@@ -32,6 +33,13 @@ def train_sweep(prepared: list[jobs.Job], member_budget: int) -> dict[int, dict 
         for job in prepared:
             jobs.release(job)
     return outcomes
+
+
+def capped_budget(member_budget: int) -> int:
+    """The member budget, at most what the open-file limit allows (an event file per member, and
+    one per replica job's aggregate run)."""
+    cap = (open_file_limit() - FILE_MARGIN) // 2
+    return min(member_budget, cap) if member_budget > 0 else cap
 
 
 def _set_mode(job: jobs.Job, outcomes: dict) -> bool:
@@ -79,6 +87,7 @@ def _finish(job: jobs.Job) -> dict | BaseException:
 
 def _fail(failed: list[jobs.Job], err: BaseException, outcomes: dict) -> None:
     for job in failed:
+        err = jobs.as_user_error(job, err)
         jobs.record_failure(job.output_dir, err)
         outcomes[id(job)] = err
         print(f"[{job.label}] failed: {jobs.user_error_line(err)}", file=sys.stderr)

@@ -79,8 +79,12 @@ def write_metrics(run_dir: Path, payload: dict) -> None:
     """``metrics.json`` with the schema version, atomically (temp file + rename)."""
     path = Path(run_dir) / METRICS
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe({"schema": SCHEMA, **payload}), indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_json_safe({"schema": SCHEMA, **payload}), indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # never a half-written file left behind (a full disk, say)
+        raise
 
 
 def read_metrics(run_dir: Path) -> dict | None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from initopt import job as jobs
 from initopt.checks import user_error_line
+from initopt.config import ConfigError
 from initopt.signals import StopSignals
 
 
@@ -40,8 +41,9 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     except jobs.Interrupted:
         raise
     except Exception as err:
+        err = jobs.as_user_error(job, err)
         jobs.record_failure(job.output_dir, err)
-        raise
+        raise err from None
     finally:
         jobs.release(job)
 
@@ -74,7 +76,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     hint = resume_command(output_dir, multirun, hc.sweep.dir if multirun else None)
-    metrics = run(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices))
+    try:
+        metrics = run(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices))
+    except ConfigError as err:
+        if multirun:  # the sweep goes on; the job's metrics.json has the error
+            raise
+        print(f"initopt.train: error: {err}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get("final", {}).get("test_accuracy")
 
 

@@ -1,0 +1,62 @@
+"""What a population needs from the machine, checked before anything starts.
+
+* open files: one TensorBoard event file per member, plus the aggregate run of a replica job,
+  plus a margin for Python, torch and Hydra, against the process's soft ``RLIMIT_NOFILE``;
+* memory: per member, the parameters with their gradient, two optimizer buffers and the update
+  (5 copies), the step's activations kept for backward (batch x hidden units, 3 copies), and the
+  evaluation's activations (all examples x the widest layer), against ``MemAvailable``.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from initopt.config import ConfigError
+from initopt.models import parameter_count
+
+FILE_MARGIN = 64
+MEMORY_SHARE = 0.8  # of what the kernel says is available
+FEATURES = {"moons": 2, "circles": 2, "digits": 64, "mnist": 784, "fashion_mnist": 784, "cifar10": 3072}
+CLASSES = {"moons": 2, "circles": 2}
+
+
+def open_file_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel reports as available (Linux ``/proc/meminfo``), or None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_estimate(cfg: DictConfig, members: int, n_train: int) -> int:
+    """Bytes a population of ``members`` copies of ``cfg`` needs (see the module doc)."""
+    n_in, n_out = FEATURES.get(cfg.data.name, 784), 1 if CLASSES.get(cfg.data.name, 10) == 2 else 10
+    itemsize = 8 if cfg.dtype == "float64" else 4
+    weights = parameter_count(cfg.model, n_in, n_out)
+    units = sum(cfg.model.hidden) + n_out
+    per_member = (5 * weights + 3 * cfg.batch_size * units + n_train * max([*cfg.model.hidden, n_out])) * itemsize
+    return members * per_member
+
+
+def check_population_fits(cfg: DictConfig, members: int, n_train: int) -> None:
+    """One line naming ``replicas`` (the count that sets the size) when the machine cannot hold it."""
+    files = members + (1 if members > 1 else 0) + FILE_MARGIN
+    limit = open_file_limit()
+    if files > limit:
+        raise ConfigError("replicas", members, f"needs {files} open files (an event file per member) and this "
+                          f"process may open {limit} (ulimit -n): at most {limit - FILE_MARGIN - 1}, "
+                          "or raise the limit")
+    need, have = memory_estimate(cfg, members, n_train), available_memory()
+    if have is not None and need > MEMORY_SHARE * have:
+        raise ConfigError("replicas", members, f"needs about {need / 2**30:.1f} GiB of memory and "
+                          f"{have / 2**30:.1f} GiB is available: use fewer replicas or a smaller model")
