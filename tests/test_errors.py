@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
-from initopt.resume import load_checkpoint
 from omegaconf import OmegaConf
 from test_data import fake_mnist_dir
 
 from initopt.checks import precheck_command_line, user_error_line
 from initopt.config import ConfigError, clip_words, load_error_cause
 from initopt.data import load_dataset, min_generated_samples
+from initopt.engine.checkpoint import load as load_checkpoint
 from initopt.threads import DEFAULT_THREADS, choose_threads
 
 CPU = torch.device("cpu")
@@ -175,7 +175,7 @@ def test_a_foreign_checkpoint_is_refused_with_its_cause_and_no_warnings(tmp_path
     path = tmp_path / "checkpoint.pt"
     write(path)
     with pytest.raises(ConfigError) as info:
-        load_checkpoint(path, "fingerprint", CPU)
+        load_checkpoint(path, ["fingerprint"])
     message = str(info.value)
     assert cause in message and "\n" not in message and "weights_only" not in message
     assert not recwarn.list  # torch's warnings about foreign pickles are not shown
