@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 # torch's own choice for this process (cores, or OMP_NUM_THREADS), read before anything changes it.
 DEFAULT_THREADS = torch.get_num_threads()
 # FLOP per step below which ``auto`` takes one thread (see the measurements in conf/train.yaml).
-ONE_THREAD_BELOW_FLOP = 1e9
+ONE_THREAD_BELOW_FLOP = 1e8
 
 
 def step_flop(cfg: DictConfig, n_weights: int) -> float:
