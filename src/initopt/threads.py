@@ -1,9 +1,10 @@
 """How many CPU threads torch uses for a run (the ``threads`` key).
 
-Under CPU contention torch's default (one intra-op thread per core) makes a small network
-tens of times slower than one thread: its threads wait for each other at every operation
-while another process holds a core (``scripts/bench_threads.py``). ``threads=auto`` takes
-one thread while a training step is small, torch's default above.
+Under CPU contention torch's default (one intra-op thread per core) makes a network 2.5-100x
+slower than one thread: its threads wait for each other at every operation while another
+process holds a core (``scripts/bench_threads.py``, table in conf/train.yaml). On an idle
+machine more threads pay off only for large steps (the crossover lies between 39 and 970 MFLOP
+a step on 2 cores). ``threads=auto`` takes one thread below 1e8 FLOP a step, torch's default above.
 """
 
 from __future__ import annotations
