@@ -242,11 +242,13 @@ def mode_of(cfg: DictConfig, data: Dataset) -> str:
     return engine.forward_mode(cfg.replicas_mode, probe, cfg.batch_size)
 
 
-def set_threads_and_determinism(cfg: DictConfig) -> None:
+def set_threads_and_determinism(cfg: DictConfig, members: int) -> None:
+    """Threads for a population of ``members`` copies of ``cfg``'s model (see initopt.threads)."""
     import os
 
     data = load_data(cfg)
-    torch.set_num_threads(choose_threads(cfg, parameter_count(cfg.model, data.n_features, data.n_outputs)))
+    sized = OmegaConf.merge(cfg, {"replicas": members})
+    torch.set_num_threads(choose_threads(sized, parameter_count(cfg.model, data.n_features, data.n_outputs)))
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -288,6 +290,7 @@ def progress_bar(total: int, done: int, label: str, enabled: bool):
 def train(group: Population, stop, label: str = "") -> tuple[engine.Training, engine.Result, PopulationLogs]:
     """One engine pass over a population; checkpoints go to each member's directory."""
     lead = group.members[0].cfg
+    set_threads_and_determinism(lead, len(group.members))
     data = load_data(lead)
     members = [engine.Member(m.cfg.seed, m.cfg.init, m.cfg.optim) for m in group.members]
     training = engine.build(lead, data, members, group.jobs[0].mode)

@@ -19,8 +19,6 @@ def train_sweep(prepared: list[jobs.Job], member_budget: int) -> dict[int, dict 
     outcomes: dict[int, dict | BaseException] = {}
     live = [job for job in prepared if _set_mode(job, outcomes)]
     try:
-        if live:
-            jobs.set_threads_and_determinism(live[0].cfg)
         groups = jobs.populations(live, capped_budget(member_budget))
         _announce(groups, member_budget)
         with StopSignals() as stop:

@@ -53,7 +53,6 @@ def train_jobs(prepared: list[jobs.Job], member_budget: int = 0) -> None:
     for job in prepared:
         if job.members:
             job.mode = jobs.mode_of(job.cfg, jobs.load_data(job.cfg))
-    jobs.set_threads_and_determinism(prepared[0].cfg)
     groups = jobs.populations(prepared, member_budget)
     with StopSignals() as stop:
         for group in groups:
