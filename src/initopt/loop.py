@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initopt.data import BatchSampler, Dataset
+from initopt.layerstats import ParamStatsRecorder
 from initopt.probes import ActivationRecorder, StepRecorder
 from initopt.tb import RunLogger
 
@@ -69,6 +70,8 @@ class LoopSettings:
     flush_every: int = 100
     checkpoint_every: int = 0  # 0 = only when interrupted
     act_every: int = 0  # 0 = no activation statistics
+    param_every: int = 0  # weight norm and update ratio every N steps (0 = none)
+    hist_every: int = 0  # weight and gradient histograms every N steps (0 = none)
 
 
 @dataclass
@@ -150,6 +153,25 @@ def record_initial_activations(model, data: Dataset, settings: LoopSettings, log
         acts.remove()
 
 
+def param_stats_recorder(params, members: int, settings: LoopSettings, logger) -> ParamStatsRecorder | None:
+    """Weight norms, update ratios and histograms when something will write them."""
+    if logger is None or not (settings.param_every or settings.hist_every):
+        return None
+    return ParamStatsRecorder(params, members, settings.param_every, settings.hist_every)
+
+
+def evaluate_and_log(model, optimizer, data: Dataset, loss_fn, step: int, history: list, logger) -> bool:
+    """Evaluate; a finite result joins the history and TensorBoard (with the effective lr)."""
+    metrics = evaluate(model, data, loss_fn)
+    if not _is_finite(metrics):
+        return False
+    history.append((step, metrics))
+    if logger is not None:
+        logger.write_eval(step, metrics)
+        logger.write_effective_lr(step, optimizer.param_groups[0]["lr"])
+    return True
+
+
 def new_state(data: Dataset, settings: LoopSettings) -> LoopState:
     sampler = BatchSampler(len(data.x_train), settings.batch_size, settings.seed, data.x_train.device)
     return LoopState(sampler)
@@ -181,6 +203,11 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     recorder = StepRecorder(params, settings.flush_every, device) if settings.log_every else None
     acts = _activation_recorder(model, data, settings, logger, fresh=state.step == 0)
+    stats = param_stats_recorder(params, 1, settings, logger)
+    if state.step == 0:  # at initialization: an evaluation, the weights' norms and histograms
+        evaluate_and_log(model, optimizer, data, loss_fn, 0, history, logger)
+        if stats is not None:
+            stats.at_init()
     diverged_step: int | None = None
     interrupted = False
     step = state.step
@@ -198,7 +225,11 @@ def fit(
         loss.backward()
         if recorder is not None and step % settings.log_every == 0:
             recorder.record(step, loss, time.time())
+        if stats is not None:
+            stats.before_step(step)
         optimizer.step()
+        if stats is not None:
+            stats.after_step(step)
 
         last = step == settings.steps
         interrupted = stop_requested()
@@ -211,13 +242,10 @@ def fit(
                 logger.write_steps(records)
         if acts is not None and (acts.full or flush_due):
             _write_activations(acts, logger)
+        if stats is not None and flush_due:
+            logger.write_param_stats(stats.drain())
         if diverged_step is None and (step % settings.eval_every == 0 or last):
-            metrics = evaluate(model, data, loss_fn)
-            if _is_finite(metrics):
-                history.append((step, metrics))
-                if logger is not None:
-                    logger.write_eval(step, metrics)
-            else:
+            if not evaluate_and_log(model, optimizer, data, loss_fn, step, history, logger):
                 diverged_step = step
         if progress is not None:
             progress.update(1)

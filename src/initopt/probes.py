@@ -8,6 +8,9 @@ The summaries are derived at drain time on the host:
 
 * mean gradient norm (the homework's):  (1/P) sum_p ||g_p||_2
 * global gradient norm:                 sqrt(sum_p ||g_p||_2^2)
+
+and, on the device in the same copy, the window mean (1/n) sum_steps ||g_p||_2 over the n
+steps drained together (the flush window).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class StepRecords:
     walltimes: np.ndarray  # (n,) seconds since the epoch
     grad_norms: np.ndarray  # (n, P)
     loss: np.ndarray  # (n,)
+    window_mean: np.ndarray | None = None  # (P,) mean of grad_norms over the n steps
 
     @property
     def mean_grad_norm(self) -> np.ndarray:
@@ -75,10 +79,13 @@ class StepRecorder:
     def drain(self) -> StepRecords:
         norms = torch.stack([torch.stack(n) for n in self._norms]) if self._norms else torch.zeros(0, len(self.params))
         losses = torch.stack(self._losses) if self._losses else torch.zeros(0)
+        n = len(self._steps)
+        # The window mean is taken on the device and comes back in the same copy as the norms.
+        host = torch.cat([norms, norms.mean(0, keepdim=True)]).cpu().numpy().astype(np.float64) if n else None
         records = StepRecords(
             np.asarray(self._steps, dtype=np.int64), np.asarray(self._times),
-            norms.cpu().numpy().astype(np.float64).reshape(len(self._steps), len(self.params)),
-            losses.cpu().numpy().astype(np.float64),
+            host[:n] if n else np.zeros((0, len(self.params))),
+            losses.cpu().numpy().astype(np.float64), host[n] if n else None,
         )
         for buf in (self._norms, self._losses, self._steps, self._times):
             buf.clear()

@@ -29,7 +29,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from initopt.data import BatchSampler, Dataset
-from initopt.loop import LoopSettings, is_checkpoint_due, take_checkpoint
+from initopt.layerstats import ParamStats
+from initopt.loop import LoopSettings, is_checkpoint_due, param_stats_recorder, take_checkpoint
 from initopt.probes import StepRecords
 from initopt.tb import RunLogger
 
@@ -194,24 +195,33 @@ class ReplicaResult:
 
 
 class ReplicaLogs:
-    """One TensorBoard run per replica, plus the job's own run with the mean and the min-max band."""
-
-    BANDED = ("loss/batch", "grad_summary/mean_norm", "loss/train", "loss/test", "accuracy/train",
-              "accuracy/test")
+    """One TensorBoard run per replica, plus the job's mean run with the min-max band over seeds."""
 
     def __init__(self, loggers: list[RunLogger], aggregate: RunLogger):
         self.loggers, self.aggregate = loggers, aggregate
 
-    def write_steps(self, steps, times, rows: np.ndarray, alive: list[bool]) -> None:
-        """``rows``: (n, K, P + 1) gradient norms and loss per recorded step and replica."""
+    def write_steps(self, steps, times, rows: np.ndarray, alive: list[bool], window: np.ndarray) -> None:
+        """``rows``: (n, K, P + 1) gradient norms and loss per recorded step and replica;
+        ``window``: (K, P + 1) their mean over the n steps."""
         for r, logger in enumerate(self.loggers):
-            logger.write_steps(StepRecords(steps, times, rows[:, r, :-1], rows[:, r, -1]))
+            logger.write_steps(StepRecords(steps, times, rows[:, r, :-1], rows[:, r, -1], window[r, :-1]))
         live = rows[:, alive] if any(alive) else rows
-        mean = StepRecords(steps, times, live[:, :, :-1].mean(1), live[:, :, -1].mean(1))
+        live_window = window[alive] if any(alive) else window
+        mean = StepRecords(steps, times, live[:, :, :-1].mean(1), live[:, :, -1].mean(1),
+                           live_window[:, :-1].mean(0))
         self.aggregate.write_steps(mean)
         lo = StepRecords(steps, times, live[:, :, :-1].min(1), live[:, :, -1].min(1))
         hi = StepRecords(steps, times, live[:, :, :-1].max(1), live[:, :, -1].max(1))
-        self.aggregate.write_band(lo, hi, self.BANDED)
+        self.aggregate.write_band(mean, lo, hi)
+
+    def write_param_stats(self, stats: ParamStats) -> None:
+        """Each replica's own statistics; the mean run gets none (a mean of histograms is none)."""
+        for r, logger in enumerate(self.loggers):
+            logger.write_param_stats(stats.member(r))
+
+    def write_effective_lr(self, step: int, lr: float) -> None:
+        for logger in (*self.loggers, self.aggregate):
+            logger.write_effective_lr(step, lr)
 
     def write_eval(self, step: int, table: np.ndarray, alive: list[bool]) -> None:
         for r, logger in enumerate(self.loggers):
@@ -245,6 +255,12 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
     times_buf: list[float] = []
     interrupted = False
     step = state.step
+    stats = param_stats_recorder(params, k, settings, logs)
+    lr = optimizer.param_groups[0]["lr"]
+    if step == 0:  # at initialization: an evaluation, the weights' norms and histograms
+        _evaluate_into(state, model, data, 0, logs, lr)
+        if stats is not None:
+            stats.at_init()
     start = time.perf_counter() - state.wall_time_s
     for step in range(state.step + 1, settings.steps + 1):
         indices = [s.next_indices() for s in state.samplers]
@@ -263,15 +279,21 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
             row[:, -1] = losses.detach()
             steps_buf.append(step)
             times_buf.append(time.time())
+        if stats is not None:
+            stats.before_step(step)
         optimizer.step()
+        if stats is not None:
+            stats.after_step(step)
 
         last = step == settings.steps
         interrupted = stop_requested()
         checkpoint_due = is_checkpoint_due(settings, step, interrupted, save_checkpoint)
         if steps_buf and (len(steps_buf) == n_rows or last or checkpoint_due or step % settings.flush_every == 0):
             _drain(rows, steps_buf, times_buf, state, logs)
+        if stats is not None and (last or checkpoint_due or step % settings.flush_every == 0):
+            logs.write_param_stats(stats.drain())
         if state.any_alive and (step % settings.eval_every == 0 or last):
-            _evaluate_into(state, model, data, step, logs)
+            _evaluate_into(state, model, data, step, logs, lr)
         if progress is not None:
             progress.update(1)
         if not state.any_alive:
@@ -286,7 +308,7 @@ def fit_replicas(model: StackedModel, optimizer: torch.optim.Optimizer, data: Da
 
 
 def _evaluate_into(state: ReplicaState, model: StackedModel, data: Dataset, step: int,
-                   logs: ReplicaLogs | None) -> None:
+                   logs: ReplicaLogs | None, lr: float) -> None:
     """Evaluate every replica; a non-finite result marks it diverged, a finite one joins its history."""
     table = evaluate_replicas(model, data)
     for r, alive in enumerate(state.alive):
@@ -296,19 +318,22 @@ def _evaluate_into(state: ReplicaState, model: StackedModel, data: Dataset, step
             state.histories[r].append((step, dict(zip(METRIC_KEYS, table[r].tolist()))))
     if logs is not None:
         logs.write_eval(step, table, state.alive)
+        logs.write_effective_lr(step, lr)
 
 
 def _drain(rows: torch.Tensor, steps_buf: list[int], times_buf: list[float], state: ReplicaState,
            logs: ReplicaLogs | None) -> None:
     """Copy the buffered step rows to the host once; mark replicas that turned non-finite."""
     n = len(steps_buf)
-    host = rows[:n].cpu().numpy().astype(np.float64)
+    # The window mean over the n steps is taken on the device and comes back in the same copy.
+    both = torch.cat([rows[:n], rows[:n].mean(0, keepdim=True)]).cpu().numpy().astype(np.float64)
+    host, window = both[:n], both[n]
     steps, times = np.asarray(steps_buf, dtype=np.int64), np.asarray(times_buf)
     for r in range(host.shape[1]):
         bad = ~np.isfinite(host[:, r]).all(axis=1)
         if state.diverged[r] is None and bad.any():
             state.diverged[r] = int(steps[bad.argmax()])
     if logs is not None:
-        logs.write_steps(steps, times, host, state.alive)
+        logs.write_steps(steps, times, host, state.alive, window)
     steps_buf.clear()
     times_buf.clear()

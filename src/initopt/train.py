@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from initopt import resume
+from initopt import hparams, resume
 from initopt.checks import check_runnable, resolve_device, user_error_line
 from initopt.config import validate
 from initopt.data import Dataset, load_dataset
@@ -38,7 +38,7 @@ from initopt.replicas import (
     new_replica_state,
     replica_strategy,
 )
-from initopt.tb import RunLogger
+from initopt.tb import RunLogger, write_experiment
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,7 +48,7 @@ class Interrupted(SystemExit):
 
 
 def choices(cfg: DictConfig) -> dict[str, str | int | float | bool]:
-    """The run's identity for HParams and reports: group options and the main knobs."""
+    """The run's identity in ``metrics.json``: group options and the main knobs."""
     hydra_choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     picked = {g: str(hydra_choices.get(g, cfg[g].name)) for g in ("model", "init", "optim", "data")}
     return {
@@ -59,6 +59,17 @@ def choices(cfg: DictConfig) -> dict[str, str | int | float | bool]:
         "steps": cfg.steps,
         "momentum_form": cfg.optim.get("form", ""),
     }
+
+
+def _sessions(cfg: DictConfig, run_name: str) -> dict[str, hparams.Session]:
+    """The job's HParams entries (:func:`initopt.hparams.sessions`) with Hydra's group choices."""
+    hydra_choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return hparams.sessions(cfg, hydra_choices, run_name)
+
+
+def _standalone(cfg: DictConfig) -> bool:
+    """Outside a ``-m`` sweep a job writes its own HParams experiment (a sweep's comes from its callback)."""
+    return not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN
 
 
 def _json_safe(value):
@@ -108,6 +119,8 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, device, DTYPES[cfg.dtype])
     check_runnable(cfg, n_train=len(data.x_train))
+    if _standalone(cfg):
+        write_experiment(output_dir, hparams.columns(s.hparams for s in _sessions(cfg, run_name).values()))
     if cfg.replicas > 1:
         return _run_replicas(cfg, data, output_dir, run_name, resume_hint)
     return _run_single(cfg, data, output_dir, run_name, resume_hint)
@@ -123,7 +136,7 @@ def _seeded_model(cfg: DictConfig, data: Dataset, seed: int) -> torch.nn.Module:
 
 def _settings(cfg: DictConfig) -> LoopSettings:
     return LoopSettings(cfg.steps, cfg.batch_size, cfg.seed, cfg.log_every, cfg.eval_every,
-                        cfg.flush_every, cfg.checkpoint_every, cfg.act_every)
+                        cfg.flush_every, cfg.checkpoint_every, cfg.act_every, cfg.param_every, cfg.hist_every)
 
 
 def _interrupted(run_name: str, step: int, checkpoint: Path, hint: str, exit_code: int):
@@ -132,7 +145,8 @@ def _interrupted(run_name: str, step: int, checkpoint: Path, hint: str, exit_cod
     return Interrupted(exit_code)
 
 
-def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str, resume_hint: str) -> FitResult:
+def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str, resume_hint: str,
+                session: hparams.Session | None = None) -> FitResult:
     fingerprint = resume.config_fingerprint(cfg)
     model = _seeded_model(cfg, data, cfg.seed)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
@@ -144,6 +158,7 @@ def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str,
                                   run_name)
 
     logger = RunLogger(output_dir, param_names, resume_step=state.step + 1 if state.step else None)
+    logger.write_run_info(session or _sessions(cfg, run_name)["run"], OmegaConf.to_yaml(cfg))
     save = lambda st: resume.save_checkpoint(checkpoint, fingerprint, model, optimizer, st)  # noqa: E731
     with resume.StopSignals() as signals, _progress_bar(cfg, run_name, state.step) as bar:
         result = fit(model, optimizer, data, settings, logger, bar, state, signals.requested, save)
@@ -154,8 +169,7 @@ def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str,
     picked = choices(cfg)
     if result.diverged_step is not None:
         logger.write_divergence(result.diverged_step)
-    logger.write_hparams(picked, result.final, result.steps_done)
-    logger.close()
+    logger.finish(result.steps_done)
     torch.save(model.state_dict(), output_dir / "final.pt")
     write_metrics(output_dir / resume.METRICS, {
         "status": result.status,
@@ -181,6 +195,9 @@ def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str,
     return result
 
 
+MEAN_RUN = "mean"  # a replica job's mean run (TensorBoard), beside replicas/seed=<s>/
+
+
 def _replica_dir(output_dir: Path, seed: int) -> Path:
     return output_dir / "replicas" / f"seed={seed}"
 
@@ -191,8 +208,9 @@ def _run_replicas(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: st
     probe = build_model(cfg.model, data.n_features, data.n_outputs)
     strategy = replica_strategy(cfg.replicas_mode, count_parameters(probe), cfg.batch_size,
                                 isinstance(probe, MLP))
+    kinds = _sessions(cfg, run_name)
     if strategy != "sequential":
-        records, wall = _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy)
+        records, wall = _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, kinds)
     else:
         if cfg.replicas_mode == "auto":
             print(f"[{run_name or 'run'}] {cfg.replicas} replicas one after another: this network is "
@@ -200,7 +218,8 @@ def _run_replicas(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: st
         records, wall = [], 0.0
         for seed in seeds:
             one = OmegaConf.merge(cfg, {"seed": seed, "replicas": 1})
-            result = _run_single(one, data, _replica_dir(output_dir, seed), f"{run_name},seed={seed}", resume_hint)
+            result = _run_single(one, data, _replica_dir(output_dir, seed), f"{run_name},seed={seed}", resume_hint,
+                                 kinds["seeds"])
             wall += result.wall_time_s
             records.append(_replica_record(seed, output_dir, result.status, result.diverged_step,
                                            result.final, result.history))
@@ -213,7 +232,7 @@ def _replica_record(seed, output_dir, status, diverged_step, final, history) -> 
             "event_dir": str(_replica_dir(output_dir, seed).relative_to(output_dir))}
 
 
-def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy) -> tuple[list[dict], float]:
+def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, kinds) -> tuple[list[dict], float]:
     settings = _settings(cfg)
     models = [_seeded_model(cfg, data, s) for s in seeds]
     param_names = [n for n, _ in models[0].named_parameters()]
@@ -226,10 +245,14 @@ def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy) 
                                   run_name)
     purge = state.step + 1 if state.step else None
     loggers = [RunLogger(_replica_dir(output_dir, s), param_names, purge) for s in seeds]
+    config_yaml = OmegaConf.to_yaml(cfg)
+    for logger in loggers:
+        logger.write_run_info(kinds["seeds"], config_yaml)
     if purge is None:
         for model, logger in zip(models, loggers):  # the variance argument's numbers, at init
             record_initial_activations(model, data, settings, logger)
-    logs = ReplicaLogs(loggers, RunLogger(output_dir, param_names, purge, banded=ReplicaLogs.BANDED))
+    logs = ReplicaLogs(loggers, RunLogger(output_dir / MEAN_RUN, param_names, purge, banded=True))
+    logs.aggregate.write_run_info(kinds["mean"], config_yaml)
     save = lambda st: resume.save_checkpoint(checkpoint, fingerprint, stacked, optimizer, st)  # noqa: E731
     with resume.StopSignals() as signals, _progress_bar(cfg, run_name, state.step) as bar:
         result = fit_replicas(stacked, optimizer, data, settings, state, logs, bar, signals.requested, save)
@@ -241,12 +264,13 @@ def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy) 
         status = "ok" if result.diverged[r] is None else "diverged"
         if result.diverged[r] is not None:
             loggers[r].write_divergence(result.diverged[r])
-        loggers[r].write_hparams({**choices(cfg), "seed": seed}, result.final(r), result.steps_done)
-        loggers[r].close()
+        loggers[r].finish(result.steps_done)
         torch.save(stacked.replica_state_dict(r), _replica_dir(output_dir, seed) / "final.pt")
         records.append(_replica_record(seed, output_dir, status, result.diverged[r], result.final(r),
                                        result.histories[r]))
-    logs.aggregate.close()
+    if all(d is not None for d in result.diverged):
+        logs.aggregate.write_divergence(max(result.diverged))
+    logs.aggregate.finish(result.steps_done)
     checkpoint.unlink(missing_ok=True)
     return records, result.wall_time_s
 

@@ -1,0 +1,147 @@
+"""Per-parameter-tensor statistics for TensorBoard, computed on the device, copied at a flush.
+
+For every parameter tensor p of every member (a single run is one member; stacked replicas
+are K, the leading dimension of each stacked tensor), with w_s its value after optimizer
+step s (w_0 = the initialization) and g_s the gradient of step s (taken at w_{s-1}):
+
+* ``weight_norm/<p>``  ||w_s||_2, at step 0 and every ``param_every`` steps;
+* ``update_ratio/<p>`` ||w_s - w_{s-1}||_2 / ||w_s||_2, every ``param_every`` steps: the step
+  actually applied (lr times the optimizer's update) relative to the weights, the usual
+  health signal (around 1e-3 per step is typical; 0 where the step moved nothing);
+* histograms of w_s at step 0 and every ``hist_every`` steps, and of g_s at step 1 (the
+  gradient at initialization) and every ``hist_every`` steps: ``bins`` equal-width buckets
+  between the tensor's min and max, counted on the device (``scatter_add_``, no host sync).
+
+Nothing here syncs with the host; :meth:`ParamStatsRecorder.drain` copies everything at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+HIST_FIELDS = 4  # min, max, sum, sum of squares; then the bucket counts
+
+
+def member_norms(tensors: list[torch.Tensor], members: int) -> torch.Tensor:
+    """``(members, P)``: the L2 norm of each member's slice of each tensor."""
+    if members == 1:
+        return torch.stack(torch._foreach_norm(tensors)).unsqueeze(0)
+    return torch.stack([t.reshape(members, -1).norm(dim=1) for t in tensors], dim=1)
+
+
+def histogram_rows(t: torch.Tensor, members: int, bins: int) -> torch.Tensor:
+    """``(members, 4 + bins)``: min, max, sum, sum of squares and the counts of ``bins`` equal
+    buckets on [min, max] of each member's slice of ``t`` (bucket = floor(bins (x - min) /
+    (max - min)), the maximum in the last bucket; all in the first when max = min)."""
+    x = t.detach().reshape(members, -1)
+    lo, hi = torch.aminmax(x, dim=1)
+    width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+    idx = ((x - lo[:, None]) / width[:, None] * bins).long().clamp_(0, bins - 1)
+    counts = torch.zeros(members, bins, dtype=x.dtype, device=x.device).scatter_add_(1, idx, torch.ones_like(x))
+    return torch.cat([lo[:, None], hi[:, None], x.sum(1, keepdim=True), (x * x).sum(1, keepdim=True), counts], 1)
+
+
+@dataclass
+class Histograms:
+    """Host histograms of one kind (``weights`` or ``gradients``): ``rows[i, member, p]`` is
+    the :func:`histogram_rows` row of tensor p at ``steps[i]``; ``counts`` elements per tensor."""
+
+    steps: np.ndarray
+    rows: np.ndarray  # (n, members, P, 4 + bins)
+    numel: list[int]
+
+
+@dataclass
+class ParamStats:
+    """What a drain hands to the logger: host arrays, a leading axis of recorded steps."""
+
+    norm_steps: np.ndarray
+    weight_norm: np.ndarray  # (n, members, P)
+    ratio_steps: np.ndarray
+    update_ratio: np.ndarray  # (m, members, P)
+    histograms: dict[str, Histograms] = field(default_factory=dict)
+
+    def member(self, r: int) -> ParamStats:
+        """The same records for member ``r`` alone (a replica's own run)."""
+        return ParamStats(self.norm_steps, self.weight_norm[:, r:r + 1], self.ratio_steps,
+                          self.update_ratio[:, r:r + 1],
+                          {k: Histograms(h.steps, h.rows[:, r:r + 1], h.numel) for k, h in self.histograms.items()})
+
+
+class ParamStatsRecorder:
+    """Buffers the statistics above on the device; call :meth:`at_init` once before training,
+    :meth:`before_step` after backward and :meth:`after_step` after the optimizer step."""
+
+    def __init__(self, params: list[torch.Tensor], members: int = 1, param_every: int = 10,
+                 hist_every: int = 100, bins: int = 30):
+        self.params, self.members, self.bins = params, members, bins
+        self.param_every, self.hist_every = param_every, hist_every
+        self.numel = [p.numel() // members for p in params]
+        self._norms: list[torch.Tensor] = []
+        self._norm_steps: list[int] = []
+        self._ratios: list[torch.Tensor] = []
+        self._ratio_steps: list[int] = []
+        self._hists: dict[str, list[tuple[int, torch.Tensor]]] = {"weights": [], "gradients": []}
+        self._before: list[torch.Tensor] | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.param_every or self.hist_every)
+
+    def _hist(self, kind: str, step: int, tensors: list[torch.Tensor]) -> None:
+        rows = torch.stack([histogram_rows(t, self.members, self.bins) for t in tensors], dim=1)
+        self._hists[kind].append((step, rows))
+
+    @torch.no_grad()
+    def at_init(self) -> None:
+        """Step 0: the weights' norms and histograms as initialized."""
+        if self.param_every:
+            self._norms.append(member_norms(self.params, self.members))
+            self._norm_steps.append(0)
+        if self.hist_every:
+            self._hist("weights", 0, self.params)
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        """Gradient histograms when due; keep w_{s-1} when the update ratio is due."""
+        if self.hist_every and (step == 1 or step % self.hist_every == 0):
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            self._hist("gradients", step, grads)
+        if self.param_every and step % self.param_every == 0:
+            self._before = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Weight histograms, weight norms and the update ratio of step ``step`` when due."""
+        if self.hist_every and step % self.hist_every == 0:
+            self._hist("weights", step, self.params)
+        if self._before is not None:
+            norms = member_norms(self.params, self.members)
+            moved = member_norms(torch._foreach_sub(self.params, self._before), self.members)
+            self._ratios.append(torch.where(moved == 0, torch.zeros_like(moved), moved / norms))
+            self._norms.append(norms)
+            self._norm_steps.append(step)
+            self._ratio_steps.append(step)
+            self._before = None
+
+    def drain(self) -> ParamStats:
+        """Everything recorded since the last drain, as host arrays (one copy per kind)."""
+        p = len(self.params)
+
+        def host(rows: list[torch.Tensor], shape: tuple[int, ...]) -> np.ndarray:
+            if not rows:
+                return np.zeros((0, *shape))
+            return torch.stack(rows).cpu().numpy().astype(np.float64)
+
+        stats = ParamStats(np.asarray(self._norm_steps, dtype=np.int64), host(self._norms, (self.members, p)),
+                           np.asarray(self._ratio_steps, dtype=np.int64), host(self._ratios, (self.members, p)))
+        for kind, entries in self._hists.items():
+            if entries:
+                steps = np.asarray([s for s, _ in entries], dtype=np.int64)
+                stats.histograms[kind] = Histograms(steps, host([r for _, r in entries], ()), self.numel)
+        for buf in (self._norms, self._norm_steps, self._ratios, self._ratio_steps, *self._hists.values()):
+            buf.clear()
+        return stats
