@@ -103,7 +103,7 @@ def replicas_run(cfg, data, k: int, logdir: Path) -> None:
     stacked = StackedModel(models, batched_mlp=True)
     optimizer = build_optimizer(stacked.parameters(), cfg.optim)
     loggers = [RunLogger(logdir / f"r{s}", names) for s in seeds]
-    logs = ReplicaLogs(loggers, RunLogger(logdir / "agg", names, banded=ReplicaLogs.BANDED))
+    logs = ReplicaLogs(loggers, RunLogger(logdir / "agg", names, banded=True))
     fit_replicas(stacked, optimizer, data, settings, new_replica_state(data, settings, seeds), logs)
     for lg in (*loggers, logs.aggregate):
         lg.close()

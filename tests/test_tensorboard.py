@@ -191,18 +191,24 @@ def test_a_single_run_writes_its_own_experiment(tmp_path):
     assert start.hparams["init.std"].number_value == 0.01 and not any(h.differs for h in experiment.hparam_infos)
 
 
-def test_histogram_rows_count_every_element_into_equal_buckets():
-    from initopt.layerstats import histogram_rows
+def test_histograms_count_every_element_of_every_tensor_into_equal_buckets():
+    from initopt.layerstats import Histogrammer
 
     torch.manual_seed(0)
-    x = torch.randn(3, 50, dtype=torch.float64)
-    rows = histogram_rows(x, members=3, bins=7)
+    tensors = [torch.randn(3, 50, dtype=torch.float64), torch.randn(3, 4, 2, dtype=torch.float64),
+               torch.zeros(3, 5, dtype=torch.float64)]
+    rows = Histogrammer([50, 8, 5], members=3, bins=7, device="cpu")(tensors)
+    assert rows.shape == (3, 3, 4 + 7)
     for member in range(3):
-        values = x[member].numpy()
-        counts, _ = np.histogram(values, bins=7, range=(values.min(), values.max()))
-        assert rows[member, 4:].numpy().tolist() == counts.tolist()
-        assert rows[member, :4].numpy() == pytest.approx([values.min(), values.max(), values.sum(),
-                                                          (values**2).sum()])
+        for p, t in enumerate(tensors):
+            values = t[member].flatten().numpy()
+            if np.ptp(values):
+                expected = np.histogram(values, bins=7, range=(values.min(), values.max()))[0].tolist()
+            else:  # max = min: all in the first bucket
+                expected = [len(values)] + [0] * 6
+            assert rows[member, p, 4:].numpy().tolist() == expected
+            assert rows[member, p, :4].numpy() == pytest.approx([values.min(), values.max(), values.sum(),
+                                                                 (values**2).sum()])
 
 
 def test_update_ratio_is_the_applied_step_over_the_weight_norm():
@@ -245,6 +251,10 @@ def test_fixed_keys_leave_the_run_names_and_swept_ones_stay():
 
     from initopt.callbacks import fixed_keys
 
-    parsed = OverridesParser.create().parse_overrides(
-        ["seed=0,1,2", "init=zero,he", "steps=1500", "+experiment=x", "seed=0", "model.hidden=[8,8]"])
-    assert fixed_keys(parsed) == ["experiment", "model.hidden", "steps"]  # seed is swept (by params)
+    def fixed(*overrides):
+        return fixed_keys(OverridesParser.create().parse_overrides(list(overrides)))
+
+    assert fixed("init=zero,he", "steps=1500", "+experiment=x", "model.hidden=[8,8]") == [
+        "experiment", "model.hidden", "steps"]
+    assert fixed("seed=0,1,2", "init=zero,he", "seed=0") == ["seed"]  # the sweeper keeps the last one
+    assert fixed("seed=0", "seed=0,1,2") == []

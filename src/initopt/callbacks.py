@@ -46,9 +46,11 @@ def sweep_overrides(config: DictConfig) -> list[Override]:
 
 
 def fixed_keys(overrides: list[Override]) -> list[str]:
-    """Keys every job gets the same value for (given, but not swept)."""
-    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
-    return sorted({o.key_or_group for o in overrides if not o.is_sweep_override()} - swept)
+    """Keys every job gets the same value for: the last override of the key (the one the basic
+    sweeper keeps, e.g. a command line's ``seed=0`` over an experiment's ``seed: 0,1,2``) is not
+    a sweep."""
+    last = {o.key_or_group: o.is_sweep_override() for o in overrides}
+    return sorted(k for k, swept in last.items() if not swept)
 
 
 def _quoted(key: str) -> str:

@@ -49,14 +49,15 @@ def grad_norm_heatmap_png(steps: np.ndarray, norms: np.ndarray, names: list[str]
     rgba[grid == 0] = ZERO_COLOUR
     rgba[~np.isfinite(grid)] = NON_FINITE_COLOUR
 
-    width_in, height_in = 9.0, 1.6 + 0.28 * len(names)
+    width_in, height_in = 6.4, 1.5 + 0.3 * len(names)  # readable at TensorBoard's card size
     fig, ax = plt.subplots(figsize=(width_in, height_in), dpi=dpi, layout="constrained")
     half = (cols[1] - cols[0]) / 2 if len(cols) > 1 else 0.5
     ax.imshow(rgba, aspect="auto", interpolation="nearest",
               extent=[cols[0] - half, cols[-1] + half, len(names) - 0.5, -0.5])
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set(xlabel="step", title="gradient L2 norm per parameter tensor (log colour)")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="||g||")
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_title("gradient L2 norm per parameter tensor", fontsize=10)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="||g|| (log)")
     if (grid == 0).any():
         fig.legend(handles=[Patch(color=ZERO_COLOUR, label="exactly 0")], loc="outside lower right", fontsize=8)
     buf = io.BytesIO()

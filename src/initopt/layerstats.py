@@ -10,7 +10,7 @@ step s (w_0 = the initialization) and g_s the gradient of step s (taken at w_{s-
   health signal (around 1e-3 per step is typical; 0 where the step moved nothing);
 * histograms of w_s at step 0 and every ``hist_every`` steps, and of g_s at step 1 (the
   gradient at initialization) and every ``hist_every`` steps: ``bins`` equal-width buckets
-  between the tensor's min and max, counted on the device (``scatter_add_``, no host sync).
+  between the tensor's min and max, counted on the device (:class:`Histogrammer`).
 
 Nothing here syncs with the host; :meth:`ParamStatsRecorder.drain` copies everything at once.
 """
@@ -32,22 +32,39 @@ def member_norms(tensors: list[torch.Tensor], members: int) -> torch.Tensor:
     return torch.stack([t.reshape(members, -1).norm(dim=1) for t in tensors], dim=1)
 
 
-def histogram_rows(t: torch.Tensor, members: int, bins: int) -> torch.Tensor:
-    """``(members, 4 + bins)``: min, max, sum, sum of squares and the counts of ``bins`` equal
-    buckets on [min, max] of each member's slice of ``t`` (bucket = floor(bins (x - min) /
-    (max - min)), the maximum in the last bucket; all in the first when max = min)."""
-    x = t.detach().reshape(members, -1)
-    lo, hi = torch.aminmax(x, dim=1)
-    width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
-    idx = ((x - lo[:, None]) / width[:, None] * bins).long().clamp_(0, bins - 1)
-    counts = torch.zeros(members, bins, dtype=x.dtype, device=x.device).scatter_add_(1, idx, torch.ones_like(x))
-    return torch.cat([lo[:, None], hi[:, None], x.sum(1, keepdim=True), (x * x).sum(1, keepdim=True), counts], 1)
+class Histogrammer:
+    """Histograms of all P tensors of a list at once, per member, in a fixed number of launches.
+
+    Row ``[member, p]`` of the result holds min, max, sum, sum of squares and the counts of
+    ``bins`` equal buckets on [min, max] of that member's slice of tensor p (bucket =
+    floor(bins (x - min) / (max - min)), the maximum in the last bucket; all in the first when
+    max = min). The tensors are concatenated and reduced by segment (``scatter_reduce``,
+    ``scatter_add_``): no host sync, and no launch per tensor.
+    """
+
+    def __init__(self, numels: list[int], members: int, bins: int, device):
+        self.members, self.bins, self.p = members, bins, len(numels)
+        segment = torch.repeat_interleave(torch.arange(self.p, device=device), torch.tensor(numels, device=device))
+        self.segment = segment.expand(members, -1)
+        self.bucket_base = self.segment * bins
+
+    def __call__(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        k, p, seg = self.members, self.p, self.segment
+        x = torch.cat([t.detach().reshape(k, -1) for t in tensors], dim=1)
+        lo = x.new_full((k, p), torch.inf).scatter_reduce_(1, seg, x, "amin")
+        hi = x.new_full((k, p), -torch.inf).scatter_reduce_(1, seg, x, "amax")
+        width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        idx = ((x - lo.gather(1, seg)) / width.gather(1, seg) * self.bins).long().clamp_(0, self.bins - 1)
+        counts = x.new_zeros(k, p * self.bins).scatter_add_(1, self.bucket_base + idx, torch.ones_like(x))
+        sums = x.new_zeros(k, p).scatter_add_(1, seg, x)
+        squares = x.new_zeros(k, p).scatter_add_(1, seg, x * x)
+        return torch.cat([torch.stack([lo, hi, sums, squares], dim=2), counts.view(k, p, self.bins)], dim=2)
 
 
 @dataclass
 class Histograms:
     """Host histograms of one kind (``weights`` or ``gradients``): ``rows[i, member, p]`` is
-    the :func:`histogram_rows` row of tensor p at ``steps[i]``; ``counts`` elements per tensor."""
+    the :class:`Histogrammer` row of tensor p at ``steps[i]``; ``numel`` elements per tensor."""
 
     steps: np.ndarray
     rows: np.ndarray  # (n, members, P, 4 + bins)
@@ -80,6 +97,7 @@ class ParamStatsRecorder:
         self.params, self.members, self.bins = params, members, bins
         self.param_every, self.hist_every = param_every, hist_every
         self.numel = [p.numel() // members for p in params]
+        self._histogram = Histogrammer(self.numel, members, bins, params[0].device) if hist_every else None
         self._norms: list[torch.Tensor] = []
         self._norm_steps: list[int] = []
         self._ratios: list[torch.Tensor] = []
@@ -92,8 +110,7 @@ class ParamStatsRecorder:
         return bool(self.param_every or self.hist_every)
 
     def _hist(self, kind: str, step: int, tensors: list[torch.Tensor]) -> None:
-        rows = torch.stack([histogram_rows(t, self.members, self.bins) for t in tensors], dim=1)
-        self._hists[kind].append((step, rows))
+        self._hists[kind].append((step, self._histogram(tensors)))
 
     @torch.no_grad()
     def at_init(self) -> None:
@@ -119,9 +136,9 @@ class ParamStatsRecorder:
         if self.hist_every and step % self.hist_every == 0:
             self._hist("weights", step, self.params)
         if self._before is not None:
-            norms = member_norms(self.params, self.members)
-            moved = member_norms(torch._foreach_sub(self.params, self._before), self.members)
-            self._ratios.append(torch.where(moved == 0, torch.zeros_like(moved), moved / norms))
+            both = member_norms([*self.params, *torch._foreach_sub(self.params, self._before)], self.members)
+            norms, moved = both[:, :len(self.params)], both[:, len(self.params):]
+            self._ratios.append(moved / norms.clamp_min(torch.finfo(norms.dtype).tiny))  # 0 where nothing moved
             self._norms.append(norms)
             self._norm_steps.append(step)
             self._ratio_steps.append(step)

@@ -41,11 +41,13 @@ import google_crc32c
 import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.compat.proto.types_pb2 import DT_DOUBLE
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
-from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
 
 from initopt.hparams import METRICS, Column, Session
@@ -145,6 +147,11 @@ def layout(param_names: list[str], banded: bool = False) -> dict:
     return {"replicas: mean and band over seeds": margins, **charts}
 
 
+def _step_table(rec: StepRecords) -> np.ndarray:
+    """``(n, P + 3)``: the values of :func:`step_tags` at each recorded step."""
+    return np.column_stack([rec.grad_norms, rec.mean_grad_norm, rec.global_grad_norm, rec.loss])
+
+
 def band_tag(tag: str, stat: str) -> str:
     return f"replica_band/{tag}/{stat}"
 
@@ -165,17 +172,26 @@ def _scalars(tags, values) -> Summary:
     return Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in zip(tags, values)])
 
 
-def histogram_summary(tag: str, row: np.ndarray, numel: int) -> Summary:
-    """A histogram-plugin summary from a :func:`initopt.layerstats.histogram_rows` row: buckets
-    ``[left, right, count]`` on [min, max]; a single bucket when min = max (e.g. zero init)."""
+def histogram_buckets(row: np.ndarray, numel: int) -> np.ndarray:
+    """``(k, 3)`` buckets ``[left, right, count]`` (the histogram plugin's format) from an
+    :class:`initopt.layerstats.Histogrammer` row; a single bucket when min = max (zero init)."""
     lo, hi, counts = row[0], row[1], row[HIST_FIELDS:]
     if not hi > lo:
-        buckets = np.array([[lo, hi, float(numel)]])
-    else:
-        edges = lo + (hi - lo) * np.arange(len(counts) + 1) / len(counts)
-        buckets = np.column_stack([edges[:-1], edges[1:], counts])
+        return np.array([[lo, hi, float(numel)]])
+    edges = lo + (hi - lo) * np.arange(len(counts) + 1) / len(counts)
+    return np.column_stack([edges[:-1], edges[1:], counts])
+
+
+def _float64_tensor(array: np.ndarray) -> TensorProto:
+    """What ``tensor_util.make_tensor_proto`` makes of a float64 array, without its per-call cost."""
+    shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=n) for n in array.shape])
+    return TensorProto(dtype=DT_DOUBLE, tensor_shape=shape, tensor_content=np.ascontiguousarray(array, "<f8").tobytes())
+
+
+def histogram_summary(tag: str, row: np.ndarray, numel: int) -> Summary:
+    """A histogram-plugin summary of one tensor (:func:`histogram_buckets`)."""
     meta = histogram_metadata.create_summary_metadata(display_name=tag, description="")
-    return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor_util.make_tensor_proto(buckets))])
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=_float64_tensor(histogram_buckets(row, numel)))])
 
 
 def image_summary(tag: str, png: bytes, width: int, height: int) -> Summary:
@@ -240,6 +256,26 @@ def write_experiment(directory: Path, cols: list[Column]) -> Path:
 
 
 # ------------------------------------------------------------------------------ a run
+class ScalarRows:
+    """Writes rows of the same scalar tags, one event per row, through one reused ``Event``:
+    filling in numbers costs ~5 us a row, building fresh protos ~25-50 us (measured), a tenth
+    of a small MLP's step."""
+
+    def __init__(self, events: EventFile, tags: list[str]):
+        self.events = events
+        self._event = Event(summary=_scalars(tags, [0.0] * len(tags)))
+        self._slots = list(self._event.summary.value)
+
+    def write(self, steps: np.ndarray, walltimes: np.ndarray, table: np.ndarray) -> None:
+        """Row i of ``table`` at ``steps[i]``, stamped ``walltimes[i]``."""
+        event, slots = self._event, self._slots
+        for step, walltime, row in zip(steps.tolist(), walltimes.tolist(), table.tolist()):
+            event.step, event.wall_time = step, walltime
+            for slot, value in zip(slots, row):
+                slot.simple_value = value
+            self.events.write_bytes(event.SerializeToString())
+
+
 class RunLogger:
     """Writes one run's TensorBoard events into ``logdir`` (never ``./runs``).
 
@@ -254,10 +290,9 @@ class RunLogger:
         self.param_names = list(param_names)
         self.fresh = resume_step is None
         self.step_tags = step_tags(self.param_names)
-        # One reusable event for the per-step scalars: filling in numbers costs ~5 us a step,
-        # building fresh protos ~25-50 us (measured), a tenth of a small MLP's step.
-        self._step_event = Event(summary=_scalars(self.step_tags, [0.0] * len(self.step_tags)))
-        self._step_slots = list(self._step_event.summary.value)
+        self._step_rows = ScalarRows(self.events, self.step_tags)
+        self._band_rows = ScalarRows(self.events, [band_tag(t, s) for s in ("mean", "min", "max")
+                                                   for t in self.step_tags]) if banded else None
         self._norm_steps: list[np.ndarray] = []  # the heat map's columns, kept on the host
         self._norms: list[np.ndarray] = []
         self._ok = True
@@ -282,15 +317,9 @@ class RunLogger:
             self._write(text_pb("config", f"```yaml\n{config_yaml}```"), step=0)
 
     def write_steps(self, rec: StepRecords) -> None:
-        """One event per recorded step carrying all of that step's scalars (one reused proto);
-        then the window means (``grad_norm_smooth/*``) at the window's last step."""
-        table = np.column_stack([rec.grad_norms, rec.mean_grad_norm, rec.global_grad_norm, rec.loss])
-        event, slots = self._step_event, self._step_slots
-        for step, walltime, row in zip(rec.steps.tolist(), rec.walltimes.tolist(), table.tolist()):
-            event.step, event.wall_time = step, walltime
-            for slot, value in zip(slots, row):
-                slot.simple_value = value
-            self.events.write_bytes(event.SerializeToString())
+        """One event per recorded step carrying all of that step's scalars; then the window
+        means (``grad_norm_smooth/*``, ``grad_summary/mean_norm_smooth``) at the window's last step."""
+        self._step_rows.write(rec.steps, rec.walltimes, _step_table(rec))
         if len(rec.steps):
             self._norm_steps.append(rec.steps)
             self._norms.append(rec.grad_norms)
@@ -300,12 +329,8 @@ class RunLogger:
                                float(rec.walltimes[-1]))
 
     def write_band(self, mean: StepRecords, low: StepRecords, high: StepRecords) -> None:
-        """``replica_band/<tag>/mean|min|max`` for every step scalar (a replica job's mean run)."""
-        tags = [band_tag(t, s) for s in ("mean", "min", "max") for t in self.step_tags]
-        table = np.column_stack([np.column_stack([r.grad_norms, r.mean_grad_norm, r.global_grad_norm, r.loss])
-                                 for r in (mean, low, high)])
-        for step, walltime, row in zip(mean.steps.tolist(), mean.walltimes.tolist(), table.tolist()):
-            self.write_scalars(step, tags, row, walltime)
+        """``replica_band/<tag>/mean|min|max`` for every step scalar (a logger made ``banded``)."""
+        self._band_rows.write(mean.steps, mean.walltimes, np.column_stack([_step_table(r) for r in (mean, low, high)]))
 
     def write_activations(self, steps, std, mean, layer_names: list[str]) -> None:
         """``activation_std/<layer>`` and ``activation_mean/<layer>`` at each recorded step."""
@@ -347,7 +372,8 @@ class RunLogger:
             self._write(summary, step)
 
     def write_heatmap(self, step: int) -> None:
-        """``grad_norm/heatmap``: every gradient norm this logger has written, as an image."""
+        """``grad_norm/heatmap``: every gradient norm this logger has written, as an image (a run
+        resumed from a checkpoint: the steps since the resume)."""
         if not self._norms:
             return
         from initopt.heatmap import grad_norm_heatmap_png
