@@ -243,8 +243,8 @@ def session_end_summary(ok: bool) -> Summary:
 
 
 def write_experiment(directory: Path, cols: list[Column]) -> Path:
-    """Write (or replace) the HParams experiment of the runs under ``directory`` into its own
-    event file there (atomically: a temporary file, then a rename)."""
+    """Write (or replace) the HParams experiment of the runs under ``directory`` (a sweep's)
+    into its own event file there (atomically: a temporary file, then a rename)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / EXPERIMENT_FILE
     tmp = path.with_name(path.name + ".tmp")
@@ -309,10 +309,12 @@ class RunLogger:
         """One event carrying several scalars at ``step``."""
         self._write(_scalars(tags, values), step, walltime)
 
-    def write_run_info(self, session: Session, config_yaml: str) -> None:
-        """At the start of a fresh run: its HParams values (session start) and its composed
-        config as text (``config``)."""
+    def write_run_info(self, session: Session, config_yaml: str, experiment: list[Column] | None = None) -> None:
+        """At the start of a fresh run: its HParams values (session start), its composed config
+        as text (``config``) and, for a job outside a sweep, the HParams ``experiment``."""
         if self.fresh:
+            if experiment is not None:
+                self._write(experiment_summary(experiment), step=0)
             self._write(session_start_summary(session), step=0)
             self._write(text_pb("config", f"```yaml\n{config_yaml}```"), step=0)
 

@@ -38,7 +38,7 @@ from initopt.replicas import (
     new_replica_state,
     replica_strategy,
 )
-from initopt.tb import RunLogger, write_experiment
+from initopt.tb import RunLogger
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -67,9 +67,11 @@ def _sessions(cfg: DictConfig, run_name: str) -> dict[str, hparams.Session]:
     return hparams.sessions(cfg, hydra_choices, run_name)
 
 
-def _standalone(cfg: DictConfig) -> bool:
+def _own_experiment(cfg: DictConfig, run_name: str) -> list[hparams.Column] | None:
     """Outside a ``-m`` sweep a job writes its own HParams experiment (a sweep's comes from its callback)."""
-    return not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return None
+    return hparams.columns(s.hparams for s in _sessions(cfg, run_name).values())
 
 
 def _json_safe(value):
@@ -119,11 +121,9 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, device, DTYPES[cfg.dtype])
     check_runnable(cfg, n_train=len(data.x_train))
-    if _standalone(cfg):
-        write_experiment(output_dir, hparams.columns(s.hparams for s in _sessions(cfg, run_name).values()))
     if cfg.replicas > 1:
         return _run_replicas(cfg, data, output_dir, run_name, resume_hint)
-    return _run_single(cfg, data, output_dir, run_name, resume_hint)
+    return _run_single(cfg, data, output_dir, run_name, resume_hint, experiment=_own_experiment(cfg, run_name))
 
 
 def _seeded_model(cfg: DictConfig, data: Dataset, seed: int) -> torch.nn.Module:
@@ -146,7 +146,7 @@ def _interrupted(run_name: str, step: int, checkpoint: Path, hint: str, exit_cod
 
 
 def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str, resume_hint: str,
-                session: hparams.Session | None = None) -> FitResult:
+                session: hparams.Session | None = None, experiment: list[hparams.Column] | None = None) -> FitResult:
     fingerprint = resume.config_fingerprint(cfg)
     model = _seeded_model(cfg, data, cfg.seed)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
@@ -158,7 +158,7 @@ def _run_single(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: str,
                                   run_name)
 
     logger = RunLogger(output_dir, param_names, resume_step=state.step + 1 if state.step else None)
-    logger.write_run_info(session or _sessions(cfg, run_name)["run"], OmegaConf.to_yaml(cfg))
+    logger.write_run_info(session or _sessions(cfg, run_name)["run"], OmegaConf.to_yaml(cfg), experiment)
     save = lambda st: resume.save_checkpoint(checkpoint, fingerprint, model, optimizer, st)  # noqa: E731
     with resume.StopSignals() as signals, _progress_bar(cfg, run_name, state.step) as bar:
         result = fit(model, optimizer, data, settings, logger, bar, state, signals.requested, save)
@@ -208,9 +208,10 @@ def _run_replicas(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: st
     probe = build_model(cfg.model, data.n_features, data.n_outputs)
     strategy = replica_strategy(cfg.replicas_mode, count_parameters(probe), cfg.batch_size,
                                 isinstance(probe, MLP))
-    kinds = _sessions(cfg, run_name)
+    kinds, experiment = _sessions(cfg, run_name), _own_experiment(cfg, run_name)
     if strategy != "sequential":
-        records, wall = _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, kinds)
+        records, wall = _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, kinds,
+                                     experiment)
     else:
         if cfg.replicas_mode == "auto":
             print(f"[{run_name or 'run'}] {cfg.replicas} replicas one after another: this network is "
@@ -219,7 +220,7 @@ def _run_replicas(cfg: DictConfig, data: Dataset, output_dir: Path, run_name: st
         for seed in seeds:
             one = OmegaConf.merge(cfg, {"seed": seed, "replicas": 1})
             result = _run_single(one, data, _replica_dir(output_dir, seed), f"{run_name},seed={seed}", resume_hint,
-                                 kinds["seeds"])
+                                 kinds["seeds"], experiment if seed == seeds[0] else None)
             wall += result.wall_time_s
             records.append(_replica_record(seed, output_dir, result.status, result.diverged_step,
                                            result.final, result.history))
@@ -232,7 +233,8 @@ def _replica_record(seed, output_dir, status, diverged_step, final, history) -> 
             "event_dir": str(_replica_dir(output_dir, seed).relative_to(output_dir))}
 
 
-def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, kinds) -> tuple[list[dict], float]:
+def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, kinds,
+                 experiment) -> tuple[list[dict], float]:
     settings = _settings(cfg)
     models = [_seeded_model(cfg, data, s) for s in seeds]
     param_names = [n for n, _ in models[0].named_parameters()]
@@ -252,7 +254,7 @@ def _fit_stacked(cfg, data, seeds, output_dir, run_name, resume_hint, strategy, 
         for model, logger in zip(models, loggers):  # the variance argument's numbers, at init
             record_initial_activations(model, data, settings, logger)
     logs = ReplicaLogs(loggers, RunLogger(output_dir / MEAN_RUN, param_names, purge, banded=True))
-    logs.aggregate.write_run_info(kinds["mean"], config_yaml)
+    logs.aggregate.write_run_info(kinds["mean"], config_yaml, experiment)
     save = lambda st: resume.save_checkpoint(checkpoint, fingerprint, stacked, optimizer, st)  # noqa: E731
     with resume.StopSignals() as signals, _progress_bar(cfg, run_name, state.step) as bar:
         result = fit_replicas(stacked, optimizer, data, settings, state, logs, bar, signals.requested, save)
