@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--hidden", default="64,64")
-    parser.add_argument("--param-every", type=int, default=10)
-    parser.add_argument("--hist-every", type=int, default=100)
+    parser.add_argument("--param-every", type=int, default=50)
+    parser.add_argument("--hist-every", type=int, default=250)
     args = parser.parse_args()
     torch.set_num_threads(1)
     hidden = [int(h) for h in args.hidden.split(",")]

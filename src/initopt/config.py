@@ -137,8 +137,8 @@ class TrainConfig:
     eval_every: int = 100
     flush_every: int = 100
     act_every: int = 10
-    param_every: int = 10
-    hist_every: int = 100
+    param_every: int = 50
+    hist_every: int = 250
     checkpoint_every: int = 0
     resume: bool = True
     threads: int = 0

@@ -293,6 +293,7 @@ class RunLogger:
         self._step_rows = ScalarRows(self.events, self.step_tags)
         self._band_rows = ScalarRows(self.events, [band_tag(t, s) for s in ("mean", "min", "max")
                                                    for t in self.step_tags]) if banded else None
+        self._rows: dict[tuple[str, ...], ScalarRows] = {}
         self._norm_steps: list[np.ndarray] = []  # the heat map's columns, kept on the host
         self._norms: list[np.ndarray] = []
         self._ok = True
@@ -308,6 +309,13 @@ class RunLogger:
     def write_scalars(self, step: int, tags, values, walltime: float | None = None) -> None:
         """One event carrying several scalars at ``step``."""
         self._write(_scalars(tags, values), step, walltime)
+
+    def write_rows(self, tags: list[str], steps: np.ndarray, table: np.ndarray) -> None:
+        """Row i of ``table`` (values of ``tags``) at ``steps[i]``, through a reused event per tag list."""
+        rows = self._rows.get(tuple(tags))
+        if rows is None:
+            rows = self._rows[tuple(tags)] = ScalarRows(self.events, tags)
+        rows.write(np.asarray(steps), np.full(len(steps), time.time()), np.asarray(table))
 
     def write_run_info(self, session: Session, config_yaml: str, experiment: list[Column] | None = None) -> None:
         """At the start of a fresh run: its HParams values (session start), its composed config
@@ -337,8 +345,7 @@ class RunLogger:
     def write_activations(self, steps, std, mean, layer_names: list[str]) -> None:
         """``activation_std/<layer>`` and ``activation_mean/<layer>`` at each recorded step."""
         tags = [f"activation_std/{n}" for n in layer_names] + [f"activation_mean/{n}" for n in layer_names]
-        for step, row in zip(steps.tolist(), np.column_stack([std, mean]).tolist()):
-            self.write_scalars(step, tags, row)
+        self.write_rows(tags, steps, np.column_stack([std, mean]))
 
     def write_eval(self, step: int, metrics: dict[str, float], low: dict | None = None,
                    high: dict | None = None) -> None:
@@ -360,9 +367,7 @@ class RunLogger:
         histograms of member 0 of ``stats`` (pass ``stats.member(r)`` for replica r)."""
         for prefix, steps, values in (("weight_norm", stats.norm_steps, stats.weight_norm),
                                       ("update_ratio", stats.ratio_steps, stats.update_ratio)):
-            tags = [f"{prefix}/{n}" for n in self.param_names]
-            for step, row in zip(steps.tolist(), values[:, 0].tolist()):
-                self.write_scalars(step, tags, row)
+            self.write_rows([f"{prefix}/{n}" for n in self.param_names], steps, values[:, 0])
         for kind, hists in stats.histograms.items():
             self._write_histograms(kind, hists)
 
