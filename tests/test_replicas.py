@@ -58,10 +58,12 @@ def test_a_replica_job_writes_per_replica_and_aggregate_results(replica_job):
         tags = scalar_tags(replica_job / "job" / r["event_dir"])
         assert [e.step for e in tags["grad_norm/fc1.weight"]] == list(range(1, 41))
         assert tags["activation_std/act1"][0].step == 0
-    agg = scalar_tags(replica_job / "job")
-    assert {"loss/batch", "band_min/loss/batch", "band_max/loss/batch", "band_min/accuracy/test"} <= agg.keys()
-    lo, mean, hi = (agg[t][-1].value for t in ("band_min/loss/batch", "loss/batch", "band_max/loss/batch"))
-    assert lo <= mean <= hi
+    agg = scalar_tags(replica_job / "job/mean")
+    band = [f"replica_band/{t}/{s}" for t in ("loss/batch", "grad_norm/fc1.weight", "accuracy/test")
+            for s in ("mean", "min", "max")]
+    assert {"loss/batch", *band} <= agg.keys()
+    lo, mean, hi = (agg[f"replica_band/loss/batch/{s}"][-1].value for s in ("min", "mean", "max"))
+    assert lo <= mean <= hi and mean == agg["loss/batch"][-1].value
 
 
 def test_a_replica_matches_the_single_run_with_its_seed_end_to_end(replica_job):

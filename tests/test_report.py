@@ -90,8 +90,8 @@ def test_table_values_are_the_mean_and_sample_sd_over_seeds_of_the_jobs_metrics(
 
 
 def _job(sw, init, lr, seed):
-    matches = [p for p in sw.iterdir() if p.is_dir() and f"init={init}," in p.name
-               and f"optim.lr={lr}," in p.name and f"seed={seed}," in p.name]
+    want = {f"init={init}", f"optim.lr={lr}", f"seed={seed}"}
+    matches = [p for p in sw.iterdir() if p.is_dir() and want <= set(p.name.split(","))]
     assert len(matches) == 1, matches
     return read_metrics(matches[0])
 

@@ -25,9 +25,8 @@ def sweep_dir(tmp_path_factory):
 
 
 def job_dir(sweep_dir, init: str, optim: str):
-    """Job directories (= TensorBoard run names) are Hydra's override_dirname."""
-    return sweep_dir / (f"eval_every=10,flush_every=8,init={init},model.hidden=[16,8],"
-                        f"optim={optim},steps=30")
+    """Job directories (= TensorBoard run names) are named by the swept keys only."""
+    return sweep_dir / f"init={init},optim={optim}"
 
 
 def test_the_sweep_runs_every_job_in_its_own_named_directory(sweep_dir):
@@ -74,7 +73,7 @@ def test_every_job_writes_metrics_json_with_its_final_numbers(sweep_dir):
         assert m["final"]["test_accuracy"] == pytest.approx(last, abs=1e-6)
 
 
-def test_hparams_and_the_custom_scalar_layout_are_in_each_run(sweep_dir):
+def test_an_hparams_session_and_the_custom_scalar_layout_are_in_each_run(sweep_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -85,7 +84,7 @@ def test_hparams_and_the_custom_scalar_layout_are_in_each_run(sweep_dir):
     hp = info.session_start_info.hparams
     assert hp["init"].string_value == "xavier" and hp["optim"].string_value == "momentum"
     assert "custom_scalars__config__" in acc.Tags()["tensors"]
-    assert "final/test_accuracy" in acc.Tags()["scalars"]
+    assert not any(t.startswith("final/") for t in acc.Tags()["scalars"])  # single dots: HParams has them
 
 
 FAULTY_CLI = """
@@ -107,9 +106,9 @@ def test_a_failing_job_is_recorded_and_the_others_still_finish(tmp_path):
     proc = subprocess.run([sys.executable, "-c", FAULTY_CLI, "-m", "seed=0,1,2", "steps=5", "hydra.sweep.dir=sw"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    failed = read_metrics(tmp_path / "sw/seed=1,steps=5")
+    failed = read_metrics(tmp_path / "sw/seed=1")
     assert failed["status"] == "failed" and "the disk holding the data went away" in failed["error"]
-    assert all(read_metrics(tmp_path / f"sw/seed={s},steps=5")["status"] == "ok" for s in (0, 2))
+    assert all(read_metrics(tmp_path / f"sw/seed={s}")["status"] == "ok" for s in (0, 2))
 
 
 def test_a_diverging_run_stops_and_says_where(tmp_path):

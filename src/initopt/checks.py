@@ -147,7 +147,12 @@ def _job_override_lists(overrides: list[str], multirun: bool) -> list[list[str]]
     parsed = OverridesParser.create().parse_overrides(overrides)
     if not multirun:
         return [overrides]
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return covering_jobs([job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch])
+
+
+def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
+    """The jobs, in order, that add an override no earlier kept job has: together they use
+    every swept value at least once."""
     seen: set[str] = set()
     covering = []
     for job in jobs:

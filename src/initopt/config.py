@@ -177,6 +177,8 @@ class TrainConfig:
     eval_every: int = 100
     flush_every: int = 100
     act_every: int = 10
+    param_every: int = 50
+    hist_every: int = 250
     checkpoint_every: int = 0
     resume: bool = True
     overwrite: bool = False
@@ -328,7 +330,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("replicas", cfg.replicas, "at least 1 (train seeds seed, seed+1, ...)")
     for key in ("steps", "batch_size", "eval_every", "flush_every"):
         _positive(key, cfg[key])
-    for key in ("log_every", "act_every", "checkpoint_every"):
+    for key in ("log_every", "act_every", "param_every", "hist_every", "checkpoint_every"):
         _non_negative(key, cfg[key])
     _check_threads(cfg.threads)
 

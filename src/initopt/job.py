@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from initopt import engine, rundir
+from initopt import engine, hparams, rundir
 from initopt.checks import check_runnable, resolve_device, user_error_line
 from initopt.config import ConfigError, validate
 from initopt.data import Dataset, load_dataset
 from initopt.engine import checkpoint
 from initopt.engine.loop import METRIC_KEYS
 from initopt.models import build_model, parameter_count
-from initopt.sinks import BANDED, PopulationLogs
+from initopt.sinks import PopulationLogs
 from initopt.tb import RunLogger
 from initopt.threads import choose_threads
 
@@ -74,7 +74,13 @@ class Job:
     mode: str = "stacked"  # how its members train: stacked | vmap | sequential
     finished: dict | None = None  # the job's metrics.json when it had finished before
     lock: rundir.RunLock | None = None
-    population_note: str = ""
+    standalone: bool = True  # not part of a -m sweep: writes its own HParams experiment
+    sessions: dict = field(default_factory=dict)  # its HParams entries (initopt.hparams.sessions)
+
+    @property
+    def experiment(self) -> list | None:
+        """A standalone job's own HParams experiment (a sweep's is written by its callback)."""
+        return hparams.columns(s.hparams for s in self.sessions.values()) if self.standalone else None
 
     @property
     def replicated(self) -> bool:
@@ -87,7 +93,7 @@ class Job:
 
 # --------------------------------------------------------------------------------- prepare
 def prepare(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "",
-            group_choices: dict | None = None) -> Job:
+            group_choices: dict | None = None, standalone: bool = True) -> Job:
     """Check the config and the directory, take its lock and decide where each member starts.
 
     Refused in one line (:class:`ConfigError`): another process in the directory; a finished run of
@@ -96,7 +102,8 @@ def prepare(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: 
     """
     validate(cfg)
     output_dir = Path(output_dir)
-    job = Job(cfg, output_dir, run_name, resume_hint, group_choices or {})
+    job = Job(cfg, output_dir, run_name, resume_hint, group_choices or {}, standalone=standalone)
+    job.sessions = hparams.sessions(cfg, job.group_choices, run_name)
     if not cfg.resume and rundir.holds_a_run(output_dir):
         if not cfg.overwrite:
             raise ConfigError("resume", False, f"{output_dir} holds a run; resume=true continues it, "
@@ -254,16 +261,23 @@ def set_threads_and_determinism(cfg: DictConfig, members: int) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def _open_loggers(group: Population, param_names: list[str]) -> PopulationLogs:
+def _open_loggers(group: Population, param_names: list[str], effective_lr: list[float]) -> PopulationLogs:
+    """Each member's run (its HParams entry and config as text when fresh); a replica job's mean run."""
     resume_step = group.start_step + 1 if group.start_step else None
-    for member in group.members:
+    for member, owner in zip(group.members, group.owners):
         member.logger = RunLogger(member.dir, param_names, resume_step)
+        first = member is owner.members[0]
+        experiment = owner.experiment if first and not owner.replicated else None
+        member.logger.write_run_info(owner.sessions["seeds" if owner.replicated else "run"],
+                                     OmegaConf.to_yaml(member.cfg), experiment)
     aggregates = []
     for job in group.jobs:
         if job.replicated and job.mode != "sequential":
             idx = [i for i, owner in enumerate(group.owners) if owner is job]
-            aggregates.append((RunLogger(job.output_dir, param_names, resume_step, banded=BANDED), idx))
-    return PopulationLogs([m.logger for m in group.members], aggregates)
+            mean_run = RunLogger(job.output_dir / rundir.MEAN_RUN, param_names, resume_step, banded=True)
+            mean_run.write_run_info(job.sessions["mean"], OmegaConf.to_yaml(job.cfg), job.experiment)
+            aggregates.append((mean_run, idx))
+    return PopulationLogs([m.logger for m in group.members], aggregates, effective_lr)
 
 
 def _save_checkpoints(group: Population, training: engine.Training):
@@ -295,7 +309,7 @@ def train(group: Population, stop, label: str = "") -> tuple[engine.Training, en
     members = [engine.Member(m.cfg.seed, m.cfg.init, m.cfg.optim) for m in group.members]
     training = engine.build(lead, data, members, group.jobs[0].mode)
     _restore(group, training)
-    logs = _open_loggers(group, training.population.names)
+    logs = _open_loggers(group, training.population.names, [float(v) for v in training.optimizer.hyper["lr"]])
     if group.start_step:
         print(f"[{label or group.jobs[0].label}] resuming at step {group.start_step}")
     bar_label = label or (group.jobs[0].label if len(group.members) == 1 else f"{len(group.members)} members")
@@ -324,14 +338,14 @@ def finish_members(group: Population, training: engine.Training, result: engine.
         final = result.final(i)
         if result.diverged[i] is not None:
             member.logger.write_divergence(result.diverged[i])
-        member.logger.write_hparams(picked, final, result.steps_done)
-        member.logger.close()
+        member.logger.finish(result.steps_done)
         torch.save(pop.member_state_dict(i), member.dir / rundir.FINAL)
         member.metrics = {
             "status": result.status(i), "diverged_step": result.diverged[i], "steps": member.cfg.steps,
             "steps_done": result.steps_done if result.diverged[i] is None else result.diverged[i],
             "wall_time_s": result.wall_time_s, "steps_per_s": result.steps_per_s(), "final": final,
-            "choices": picked, "run_name": member.name, "device": str(pop.device),
+            "choices": picked, "hparams": owner.sessions["seeds" if owner.replicated else "run"].hparams,
+            "run_name": member.name, "device": str(pop.device),
             "n_parameters": sum(t[0].numel() for t in pop.tensors()), "parameters": pop.names,
             "fingerprint": member.fingerprint, "population": _population_note(group, i),
             "history": [{"step": s, **m} for s, m in result.histories[i]],
@@ -339,8 +353,10 @@ def finish_members(group: Population, training: engine.Training, result: engine.
         rundir.write_metrics(member.dir, member.metrics)
         (member.dir / rundir.CHECKPOINT).unlink(missing_ok=True)
         member.start = "finished"
-    for aggregate, _ in logs.aggregates:
-        aggregate.close()
+    for aggregate, idx in logs.aggregates:
+        if all(result.diverged[i] is not None for i in idx):
+            aggregate.write_divergence(max(result.diverged[i] for i in idx))
+        aggregate.finish(result.steps_done)
 
 
 def _population_note(group: Population, i: int) -> dict:

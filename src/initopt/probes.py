@@ -9,6 +9,9 @@ summaries are derived on the host, per member:
 
 * mean gradient norm (the homework's):  (1/P) sum_p ||g_p||_2
 * global gradient norm:                 sqrt(sum_p ||g_p||_2^2)
+
+and, on the device in the same copy, the window mean (1/n) sum_steps ||g_p||_2 over the n steps
+drained together (the flush window): the smoothed gradient norm.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class StepRecords:
     walltimes: np.ndarray  # (n,) seconds since the epoch
     grad_norms: np.ndarray  # (n, P)
     loss: np.ndarray  # (n,)
+    window_mean: np.ndarray | None = None  # (P,) mean of grad_norms over the n steps (the flush window)
 
     @property
     def mean_grad_norm(self) -> np.ndarray:
@@ -45,25 +49,26 @@ class StepRecords:
 
 @dataclass
 class PopulationRecords:
-    """What a drain hands to the sinks: ``rows`` ``(n, K, P + 1)`` (norms, then the loss)."""
+    """What a drain hands to the sinks: ``rows`` ``(n, K, P + 1)`` (norms, then the loss) and
+    ``window`` ``(K, P + 1)``, their mean over the n steps (computed on the device)."""
 
     steps: np.ndarray
     walltimes: np.ndarray
     rows: np.ndarray
+    window: np.ndarray
 
     def member(self, k: int, until: int | None = None) -> StepRecords:
         """Member k's rows (those up to step ``until`` when given: where it diverged)."""
         keep = slice(None) if until is None else self.steps <= until
-        return StepRecords(self.steps[keep], self.walltimes[keep], self.rows[keep, k, :-1], self.rows[keep, k, -1])
+        return StepRecords(self.steps[keep], self.walltimes[keep], self.rows[keep, k, :-1], self.rows[keep, k, -1],
+                           self.window[k, :-1] if until is None else None)
 
     def reduce(self, members: np.ndarray, how) -> StepRecords:
         """A summary over the given members, e.g. ``how=np.mean`` (NaN rows when there are none)."""
         picked = self.rows[:, members]
         table = how(picked, axis=1) if picked.shape[1] else np.full(picked.shape[:1] + picked.shape[2:], np.nan)
-        return self._records(table)
-
-    def _records(self, table: np.ndarray) -> StepRecords:
-        return StepRecords(self.steps, self.walltimes, table[:, :-1], table[:, -1])
+        window = how(self.window[members], axis=0)
+        return StepRecords(self.steps, self.walltimes, table[:, :-1], table[:, -1], window[:-1])
 
 
 class StepRecorder:
@@ -91,8 +96,9 @@ class StepRecorder:
 
     def drain(self) -> PopulationRecords:
         n = len(self.steps)
-        records = PopulationRecords(np.asarray(self.steps, dtype=np.int64), np.asarray(self.times),
-                                    self.rows[:n].cpu().numpy().astype(np.float64))
+        block = self.rows[:n]
+        host = torch.cat([block, block.mean(0, keepdim=True)]).cpu().numpy().astype(np.float64)  # one copy
+        records = PopulationRecords(np.asarray(self.steps, dtype=np.int64), np.asarray(self.times), host[:n], host[n])
         self.steps.clear()
         self.times.clear()
         self.slot.zero_()

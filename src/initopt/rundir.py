@@ -3,7 +3,7 @@ fingerprint, the keys that do not change a run, the lock, and what a directory h
 
 A run directory (a job's Hydra output directory, or ``replicas/seed=S`` inside one) holds::
 
-    events.out.tfevents.*   the TensorBoard run
+    events.out.tfevents.*   the TensorBoard run (a replica job's mean run: mean/events.out.tfevents.*)
     metrics.json            how the run ended (schema below); written last, atomically
     final.pt                the trained weights (a plain model's state_dict)
     checkpoint.pt           only while the run is unfinished
@@ -37,6 +37,7 @@ METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
 LOCK = ".initopt.lock"
+MEAN_RUN = "mean"  # a replica job's mean run (TensorBoard), beside replicas/seed=<s>/
 EVENTS_GLOB = "events.out.tfevents*"
 SCHEMA = 2
 FINISHED = ("ok", "diverged")
@@ -106,7 +107,7 @@ def holds_a_run(run_dir: Path) -> bool:
     """Anything a run writes: events, metrics, weights or a checkpoint."""
     run_dir = Path(run_dir)
     return any((run_dir / name).exists() for name in (METRICS, CHECKPOINT, FINAL)) or \
-        any(run_dir.glob(EVENTS_GLOB)) or (run_dir / "replicas").is_dir()
+        any(run_dir.glob(EVENTS_GLOB)) or (run_dir / "replicas").is_dir() or (run_dir / MEAN_RUN).is_dir()
 
 
 def classify(run_dir: Path, fp: str) -> str:
@@ -128,6 +129,7 @@ def clear_stale(run_dir: Path, keep_replicas: bool = False) -> None:
     run_dir = Path(run_dir)
     for path in [*run_dir.glob(EVENTS_GLOB), run_dir / METRICS, run_dir / FINAL, run_dir / (METRICS + ".tmp")]:
         path.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / MEAN_RUN, ignore_errors=True)
     if not keep_replicas:
         shutil.rmtree(run_dir / "replicas", ignore_errors=True)
 

@@ -1,5 +1,5 @@
-"""Where a population's records go: one TensorBoard run per member, and for a replica job an
-aggregate run with the mean over its live members and a min-max band.
+"""Where a population's records go: one TensorBoard run per member, and for a replica job a mean
+run (``<job>/mean``) with the mean over its live members and their min-max band.
 
 The engine hands over host arrays with a member axis (see :mod:`initopt.probes`); a member's
 rows after the step where it diverged are not written (the step froze it there).
@@ -10,36 +10,46 @@ from __future__ import annotations
 import numpy as np
 
 from initopt.engine.loop import METRIC_KEYS
+from initopt.layerstats import ParamStats
 from initopt.probes import PopulationRecords
 from initopt.tb import RunLogger
 
-BANDED = ("loss/batch", "grad_summary/mean_norm", "loss/train", "loss/test", "accuracy/train", "accuracy/test")
-
 
 class PopulationLogs:
-    """``loggers[k]`` is member k's run; ``aggregates`` are (run, member indices) pairs."""
+    """``loggers[k]`` is member k's run; ``aggregates`` are (mean run, member indices) pairs;
+    ``effective_lr[k]``: the learning rate member k's optimizer applies (``optim/effective_lr``)."""
 
-    def __init__(self, loggers: list[RunLogger], aggregates: list[tuple[RunLogger, list[int]]] = ()):
+    def __init__(self, loggers: list[RunLogger], aggregates: list[tuple[RunLogger, list[int]]] = (),
+                 effective_lr: list[float] | None = None):
         self.loggers, self.aggregates = loggers, list(aggregates)
+        self.effective_lr = effective_lr
 
     def write_steps(self, records: PopulationRecords, diverged: list[int | None]) -> None:
         for k, logger in enumerate(self.loggers):
             logger.write_steps(records.member(k, until=diverged[k]))
         for aggregate, members in self.aggregates:
-            live = [k for k in members if diverged[k] is None] or members
-            aggregate.write_steps(records.reduce(np.array(live), np.mean))
-            aggregate.write_band(records.reduce(np.array(live), np.min), records.reduce(np.array(live), np.max),
-                                 BANDED)
+            live = np.array([k for k in members if diverged[k] is None] or members)
+            aggregate.write_steps(records.reduce(live, np.mean))
+            aggregate.write_band(records.reduce(live, np.mean), records.reduce(live, np.min),
+                                 records.reduce(live, np.max))
 
     def write_activations(self, steps: np.ndarray, rows: np.ndarray, names: list[str]) -> None:
         """``rows`` ``(n, K, L, 2)``: std and mean of each hidden layer's output per member."""
         for k, logger in enumerate(self.loggers):
             logger.write_activations(steps, rows[:, k, :, 0], rows[:, k, :, 1], names)
 
+    def write_param_stats(self, stats: ParamStats) -> None:
+        """Each member's own weight norms, update ratios and histograms (a mean run gets none:
+        a mean of histograms is none)."""
+        for k, logger in enumerate(self.loggers):
+            logger.write_param_stats(stats.member(k))
+
     def write_eval(self, step: int, table: np.ndarray, diverged: list[int | None]) -> None:
         live = [k for k in range(len(self.loggers)) if diverged[k] is None]
         for k in live:
             self.loggers[k].write_eval(step, dict(zip(METRIC_KEYS, table[k])))
+            if self.effective_lr is not None:
+                self.loggers[k].write_effective_lr(step, self.effective_lr[k])
         for aggregate, members in self.aggregates:
             rows = table[[k for k in members if k in live]]
             if len(rows):

@@ -28,12 +28,13 @@ from initopt.signals import StopSignals
 
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "",
-        group_choices: dict | None = None) -> dict:
+        group_choices: dict | None = None, standalone: bool = True) -> dict:
     """One job (K replicas of one config), all of its outputs under ``output_dir``; its metrics.
 
     A finished job in ``output_dir`` is kept and its stored metrics returned.
     """
-    job = jobs.prepare(cfg, Path(output_dir), run_name, resume_hint, group_choices)  # refusals touch nothing
+    # refusals (a lock held, another run in the directory) touch nothing
+    job = jobs.prepare(cfg, Path(output_dir), run_name, resume_hint, group_choices, standalone)
     try:
         if job.finished is None:
             train_jobs([job])
@@ -76,7 +77,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     hint = resume_command(output_dir, multirun, hc.sweep.dir if multirun else None)
     try:
-        metrics = run(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices))
+        metrics = run(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), not multirun)
     except ConfigError as err:
         if multirun:  # the sweep goes on; the job's metrics.json has the error
             raise

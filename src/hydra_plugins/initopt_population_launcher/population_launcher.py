@@ -55,7 +55,7 @@ def _prepare_job(cfg: DictConfig):
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     hint = resume_command(output_dir, True, hc.sweep.dir)
-    return jobs.prepare(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices))
+    return jobs.prepare(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), standalone=False)
 
 
 class PopulationLauncher(Launcher):

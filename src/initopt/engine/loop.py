@@ -28,6 +28,7 @@ import torch
 from initopt.data import BatchSampler, Dataset
 from initopt.engine.population import Population, member_accuracies, member_losses
 from initopt.engine.step import TrainStep, compiled
+from initopt.layerstats import ParamStatsRecorder
 from initopt.probes import ActivationRecorder, StepRecorder
 
 METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -45,11 +46,13 @@ class Schedule:
     flush_every: int = 100
     checkpoint_every: int = 0
     act_every: int = 0
+    param_every: int = 0  # weight norms and update ratios
+    hist_every: int = 0  # weight and gradient histograms
 
     @classmethod
     def from_config(cls, cfg) -> Schedule:
         return cls(cfg.steps, cfg.batch_size, cfg.log_every, cfg.eval_every, cfg.flush_every,
-                   cfg.checkpoint_every, cfg.act_every)
+                   cfg.checkpoint_every, cfg.act_every, cfg.get("param_every", 0), cfg.get("hist_every", 0))
 
 
 @dataclass
@@ -133,6 +136,8 @@ class _Run:
         functional = compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda")
         self.step = TrainStep(population, optimizer, data.num_classes, self.recorder, self.acts, functional)
         self.step_fn = compiled(self.step, compile_mode, device)
+        self.params = ParamStatsRecorder(population.tensors(), k, schedule.param_every, schedule.hist_every) \
+            if sinks is not None and (schedule.param_every or schedule.hist_every) else None
         self.step.step_t.fill_(state.step)
         self.step.diverged_at.copy_(torch.tensor([d or 0 for d in state.diverged], device=device))
 
@@ -158,6 +163,8 @@ class _Run:
             steps, rows = self.acts.drain()
             if self.sinks is not None:
                 self.sinks.write_activations(steps, rows, self.acts.names)
+        if self.params is not None:
+            self.sinks.write_param_stats(self.params.drain())
 
     def evaluate(self, step: int) -> None:
         """Every member still active: a finite evaluation joins its history, a non-finite one ends it."""
@@ -193,6 +200,8 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
     fresh = state.step == 0
     if fresh:
         run.record_initial_activations()
+        if run.params is not None:
+            run.params.at_init()
         run.evaluate(0)
     sampler, step, interrupted = state.sampler, state.step, False
     start = time.perf_counter() - state.wall_time_s
@@ -200,7 +209,11 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
         x, y = run.step.gather(data.x_train, data.y_train, sampler.next_indices())
         record = bool(schedule.log_every) and step % schedule.log_every == 0
         with_acts = run.acts is not None and step % schedule.act_every == 0
+        if run.params is not None:
+            run.params.before_step(step)
         stats = run.step_fn(x, y, record, with_acts)
+        if run.params is not None:
+            run.params.after_step(step, run.step.last_grads)
         if record:
             run.recorder.mark(step, time.time())
         if with_acts:

@@ -38,6 +38,7 @@ class TrainStep:
         # to be compiled whole: torch.func.grad_and_value, which Dynamo traces without a break.
         self._grad = grad_and_value(self._loss, has_aux=True) if functional else self._autograd
         self._x_buf: torch.Tensor | None = None
+        self.last_grads: list[torch.Tensor] = []
         self._y_buf: torch.Tensor | None = None
 
     def _loss(self, params: dict, x: torch.Tensor, y: torch.Tensor, with_activations: bool):
@@ -71,6 +72,7 @@ class TrainStep:
         """One step of every member; returns the ``(K, L, 2)`` activation stats when asked (else empty)."""
         grads, (_, (losses, stats)) = self._grad(self.population.params, x, y, with_activations)
         grads = [grads[n] for n in self.population.names]
+        self.last_grads = grads  # for the (off-step) histograms of initopt.layerstats
         norms = member_grad_norms(grads)
         self.step_t.add_(1)
         finite = torch.isfinite(losses) & torch.isfinite(norms).all(dim=1)

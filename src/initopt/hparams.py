@@ -1,0 +1,115 @@
+"""What TensorBoard's HParams plugin shows: each run's hyperparameters and a sweep's domains.
+
+The plugin reads three summaries (TensorBoard's ``api.proto``; written by :mod:`initopt.tb`):
+
+* one *experiment* for the whole sweep: a column per hyperparameter with its discrete
+  domain (every value the sweep gives it, so the value filter lists them) and whether it
+  ``differs`` between runs (the plugin puts those columns first and shows the first five),
+  and the metrics: scalar tags whose last value fills the table and whose curves
+  "Show Metrics" draws (:data:`METRICS`);
+* per run a *session start*: the run's values (:func:`run_hparams`) and a group name; runs
+  sharing a group are one row of the table (a replica job's seeds, :func:`sessions`);
+* per run a *session end*: success, or failure for a diverged run.
+
+A sweep's experiment is computed on multirun start from every job's composed config
+(:mod:`initopt.callbacks`); a single run's from its own values. Integers (seed, steps,
+batch size) are strings so that the table shows ``0``, not the plugin's ``0.0000``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+GROUPS = ("model", "init", "optim", "data")
+METRICS = ("loss/train", "loss/test", "accuracy/train", "accuracy/test", "grad_summary/mean_norm")
+Value = str | float
+
+# Config keys per init / optimizer that the HParams table shows, where the option has them.
+INIT_KEYS = ("std", "gain", "mode", "distribution")
+OPTIM_KEYS = ("lr", "beta", "form", "beta1", "beta2", "eps", "weight_decay")
+
+
+def effective_lr(optim: DictConfig) -> float:
+    """The learning rate torch.optim applies to the update direction: ``lr * beta`` for the
+    EMA momentum form (``SGD(lr*beta, momentum=1-beta)``), ``lr`` otherwise."""
+    if optim.name == "momentum" and optim.get("form") == "ema":
+        return float(optim.lr) * float(optim.beta)
+    return float(optim.lr)
+
+
+def _number_or_text(value) -> Value:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def run_hparams(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, Value]:
+    """One run's HParams values: the group options (``choices``, Hydra's names, e.g. ``normal10``),
+    the init and optimizer parameters the chosen options have, the effective learning rate,
+    the model's hidden sizes and activation, batch size, steps and seed."""
+    values: dict[str, Value] = {g: str(choices.get(g, cfg[g].name)) for g in GROUPS}
+    values.update({f"init.{k}": _number_or_text(cfg.init[k]) for k in INIT_KEYS if k in cfg.init})
+    if cfg.init.get("bias_std", 0):
+        values["init.bias_std"] = float(cfg.init.bias_std)
+    values.update({f"optim.{k}": _number_or_text(cfg.optim[k]) for k in OPTIM_KEYS if k in cfg.optim})
+    values["optim.effective_lr"] = effective_lr(cfg.optim)
+    values["model.hidden"] = ",".join(str(h) for h in cfg.model.hidden)
+    values["model.activation"] = str(cfg.model.activation)
+    values.update({k: str(int(cfg[k])) for k in ("batch_size", "steps", "seed")})
+    return values
+
+
+@dataclass(frozen=True)
+class Session:
+    """One TensorBoard run's HParams entry: its values and its row (``group``; "" = its own)."""
+
+    hparams: dict[str, Value]
+    group: str = ""
+
+
+def replica_seeds(cfg: DictConfig) -> list[int]:
+    return [int(cfg.seed) + r for r in range(int(cfg.replicas))]
+
+
+def sessions(cfg: DictConfig, choices: Mapping[str, str], run_name: str) -> dict[str, Session]:
+    """The HParams entries a job writes, by kind: ``run`` for a single run; for ``replicas=K``,
+    ``seeds`` (every seed's run, one row: seed ``a..b``, replicas ``K seeds``) and ``mean``
+    (the mean run, its own row: replicas ``mean of K``)."""
+    values = run_hparams(cfg, choices)
+    if int(cfg.replicas) <= 1:
+        return {"run": Session(values)}
+    seeds = replica_seeds(cfg)
+    common = {**values, "seed": f"{seeds[0]}..{seeds[-1]}"}
+    k = len(seeds)
+    return {"seeds": Session({**common, "replicas": f"{k} seeds"}, group=f"{run_name or 'run'} (seeds)"),
+            "mean": Session({**common, "replicas": f"mean of {k}"})}
+
+
+def _sort_key(value: Value):
+    """Numbers by value; integer strings (seeds) by their number; other strings alphabetically."""
+    if isinstance(value, float):
+        return (0, value, "")
+    text = value.split("..")[0]
+    return (0, float(text), value) if text.lstrip("-").isdigit() else (1, 0.0, value)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One HParams column: its name, its discrete domain (sorted) and whether runs differ in it."""
+
+    name: str
+    values: tuple[Value, ...]
+    differs: bool
+
+
+def columns(runs: Iterable[Mapping[str, Value]]) -> list[Column]:
+    """The experiment's columns from every run's values: the domain of a column is the set of
+    values the runs give it; it ``differs`` when that set has more than one value (a column only
+    some runs have, e.g. ``optim.beta`` for momentum only, differs only if those runs differ)."""
+    domains: dict[str, set] = {}
+    for values in runs:
+        for name, value in values.items():
+            domains.setdefault(name, set()).add(value)
+    return [Column(name, tuple(sorted(vals, key=_sort_key)), len(vals) > 1)
+            for name, vals in domains.items()]

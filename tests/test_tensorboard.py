@@ -1,0 +1,260 @@
+"""What TensorBoard shows, read back with TensorBoard's own readers and plugin backends.
+
+A small real ``-m`` sweep (init x optim x replicas) is read through ``EventAccumulator``,
+the HParams plugin's metadata parser and its session-group backend, and the Custom Scalars
+plugin's layout merge; the pieces (histograms, update ratio, heat map, run names) are also
+checked on their own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+INITS, OPTIMS = ("zero", "he"), ("sgd", "momentum")
+PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
+CURVES = ("loss/train", "loss/test", "accuracy/train", "accuracy/test", "grad_summary/mean_norm")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tb")
+    proc = run_cli("-m", f"init={','.join(INITS)}", f"optim={','.join(OPTIMS)}", "replicas=1,2",
+                   "steps=20", "eval_every=10", "flush_every=10", "param_every=5", "hist_every=10",
+                   "model.hidden=[8,8]", "hydra.sweep.dir=grid", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "grid"
+
+
+def accumulator(run_dir):
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def plugin_context(logdir):
+    """TensorBoard's own data provider over ``logdir``, as ``tensorboard --logdir`` builds it."""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    return base_plugin.TBContext(logdir=str(logdir), multiplexer=mux, data_provider=provider,
+                                 plugin_name_to_instance={})
+
+
+def hparams_view(logdir):
+    """(experiment, session groups) exactly as the HParams plugin serves them."""
+    from tensorboard import context
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    backend = backend_context.Context(plugin_context(logdir))
+    experiment = get_experiment.Handler(context.RequestContext(), backend, "", api_pb2.GetExperimentRequest()).run()
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=1000, aggregation_type=api_pb2.AGGREGATION_AVG,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE])
+    groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run().session_groups
+    return experiment, groups
+
+
+def job(sweep, init, optim, replicas):
+    return sweep / f"init={init},optim={optim},replicas={replicas}"
+
+
+# --------------------------------------------------------------------------- the sweep
+def test_run_names_carry_only_the_swept_keys(sweep):
+    names = {p.name for p in sweep.iterdir() if p.is_dir()}
+    assert names == {f"init={i},optim={o},replicas={k}" for i in INITS for o in OPTIMS for k in (1, 2)}
+    two = job(sweep, "he", "sgd", 2)
+    assert {p.name for p in (two / "replicas").iterdir()} == {"seed=0", "seed=1"}
+    assert any((two / "mean").glob("events.out.tfevents*"))
+
+
+def test_one_experiment_with_the_swept_domains_in_the_sweep_directory(sweep):
+    from tensorboard.plugins.hparams import metadata
+
+    acc = accumulator(sweep)
+    experiment = metadata.parse_experiment_plugin_data(acc.PluginTagToContent("hparams")["_hparams_/experiment"])
+    infos = {h.name: h for h in experiment.hparam_infos}
+
+    def domain(name):
+        return [v.string_value or v.number_value for v in infos[name].domain_discrete.values]
+
+    assert domain("init") == ["he", "zero"] and domain("optim") == ["momentum", "sgd"]
+    assert domain("replicas") == ["2 seeds", "mean of 2"]
+    assert domain("optim.effective_lr") == pytest.approx([0.01, 0.1])  # EMA momentum: lr * beta
+    assert domain("seed") == ["0", "0..1"]  # integers as text: the table shows 0, not 0.0000
+    assert {n for n, h in infos.items() if h.differs} == {"init", "optim", "optim.effective_lr", "replicas",
+                                                          "seed"}
+    assert domain("model.hidden") == ["8,8"] and domain("steps") == ["20"] and not infos["steps"].differs
+    assert [m.name.tag for m in experiment.metric_infos] == list(CURVES)
+    for run in sweep.rglob("events.out.tfevents*"):  # only the sweep directory has one
+        assert run.parent == sweep or "_hparams_/experiment" not in accumulator(run.parent).Tags()["tensors"]
+
+
+def test_the_hparams_plugin_groups_seeds_and_gives_the_mean_run_its_own_row(sweep):
+    experiment, groups = hparams_view(sweep)
+    shown = [h.name for h in experiment.hparam_infos][:5]  # the plugin shows the first five
+    assert shown[:2] == ["init", "optim"]
+    rows = {g.name: g for g in groups}
+    assert len(rows) == 4 + 4 * 2  # 4 single runs; per replica job a seeds row and a mean row
+    seeds = rows["init=he,optim=sgd,replicas=2 (seeds)"]
+    assert sorted(s.name for s in seeds.sessions) == ["init=he,optim=sgd,replicas=2/replicas/seed=0",
+                                                       "init=he,optim=sgd,replicas=2/replicas/seed=1"]
+    mean = rows["init=he,optim=sgd,replicas=2/mean"]
+    assert mean.hparams["replicas"].string_value == "mean of 2"
+    single = rows["init=zero,optim=momentum,replicas=1"]
+    assert single.hparams["seed"].string_value == "0" and single.hparams["optim.beta"].number_value == 0.1
+    assert "optim.beta" not in rows["init=zero,optim=sgd,replicas=1"].hparams  # only where it applies
+    for row in rows.values():  # every curve is a metric with a value: "Show Metrics" draws it
+        assert {m.name.tag for m in row.metric_values} == set(CURVES)
+        assert all(s.status == 1 for s in row.sessions)  # STATUS_SUCCESS
+
+
+def test_evaluation_at_step_0_histograms_and_heat_map_in_every_run(sweep):
+    from tensorboard.util import tensor_util
+
+    acc = accumulator(job(sweep, "he", "momentum", 1))
+    tags = acc.Tags()["tensors"]
+    for tag in CURVES[:4]:
+        assert [e.step for e in acc.Tensors(tag)] == [0, 10, 20], tag
+    assert set(acc.PluginTagToContent("histograms")) == {f"{k}/{p}" for k in ("weights", "gradients")
+                                                         for p in PARAMS}
+    assert [e.step for e in acc.Tensors("weights/fc1.weight")] == [0, 10, 20]
+    assert [e.step for e in acc.Tensors("gradients/fc1.weight")] == [1, 10, 20]
+    buckets = tensor_util.make_ndarray(acc.Tensors("weights/fc1.weight")[0].tensor_proto)
+    assert buckets[:, 2].sum() == 2 * 8  # every weight of fc1 counted once
+    assert list(acc.PluginTagToContent("images")) == ["grad_norm/heatmap"]
+    assert [e.step for e in acc.Tensors("update_ratio/fc1.weight")] == [5, 10, 15, 20]
+    assert [e.step for e in acc.Tensors("weight_norm/fc1.weight")] == [0, 5, 10, 15, 20]
+    assert [e.step for e in acc.Tensors("grad_norm_smooth/fc1.weight")] == [10, 20]
+    assert [e.step for e in acc.Tensors("optim/effective_lr")] == [0, 10, 20]
+    assert "config" in tags and "custom_scalars__config__" in tags
+    config = tensor_util.make_ndarray(acc.Tensors("config")[0].tensor_proto).item().decode()
+    assert "init:\n  name: he" in config
+    assert not any(t.startswith(("final/", "band_min/", "band_max/")) for t in tags)
+
+
+def test_zero_init_histograms_and_heat_map_show_exact_zeros(sweep):
+    from tensorboard.util import tensor_util
+
+    acc = accumulator(job(sweep, "zero", "sgd", 1))
+    for step_event in acc.Tensors("gradients/fc1.weight"):
+        buckets = tensor_util.make_ndarray(step_event.tensor_proto)
+        assert buckets.tolist() == [[0.0, 0.0, 16.0]]  # one bucket at exactly 0
+
+
+def test_custom_scalar_charts_never_show_missing_tags(sweep):
+    """The Margin card warns for a run holding some, not all, of a chart's tags (its
+    ``tagsNotFound.length`` neither 0 nor 3); check that rule against every run."""
+    from tensorboard import context
+    from tensorboard.plugins.custom_scalar.custom_scalars_plugin import CustomScalarsPlugin
+
+    ctx = plugin_context(sweep)
+    merged = json.loads(CustomScalarsPlugin(ctx).layout_impl(context.RequestContext(), ""))
+    run_tags = {run: set(tags) for run, tags in ctx.data_provider.list_scalars(
+        context.RequestContext(), experiment_id="", plugin_name="scalars").items()}
+    charts = {c["title"]: c for cat in merged["category"] for c in cat["chart"]}
+    margins = [c for c in charts.values() if "margin" in c]
+    assert len(margins) == len(PARAMS) + 3 + 4  # every tensor's norm, mean/global norm, batch loss, evaluations
+    for chart in margins:
+        (series,) = chart["margin"]["series"]
+        wanted = {series["value"], series["lower"], series["upper"]}
+        for run, tags in run_tags.items():
+            assert len(wanted - tags) in (0, 3), (chart["title"], run)
+    mean_runs = [r for r, tags in run_tags.items() if "replica_band/loss/batch/mean" in tags]
+    assert sorted(mean_runs) == sorted(f"{job(sweep, i, o, 2).name}/mean" for i in INITS for o in OPTIMS)
+    weights = charts["gradient norm, weights (a line per layer)"]["multiline"]["tag"]
+    assert weights == [r"grad_norm/.*\.weight$"]
+    assert charts["mini-batch loss"]["multiline"]["tag"] == [r"loss/batch$"]
+
+
+# ------------------------------------------------------------------------- the pieces
+def test_a_single_run_writes_its_own_experiment(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    proc = run_cli("init=normal", "steps=5", "eval_every=5", "model.hidden=[4]", "hydra.run.dir=one", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    content = accumulator(tmp_path / "one").PluginTagToContent("hparams")
+    experiment = metadata.parse_experiment_plugin_data(content["_hparams_/experiment"])
+    start = metadata.parse_session_start_info_plugin_data(content["_hparams_/session_start_info"])
+    assert {h.name for h in experiment.hparam_infos} == set(start.hparams)
+    assert start.hparams["init.std"].number_value == 0.01 and not any(h.differs for h in experiment.hparam_infos)
+
+
+def test_histograms_count_every_element_of_every_tensor_into_equal_buckets():
+    from initopt.layerstats import Histogrammer
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(3, 50, dtype=torch.float64), torch.randn(3, 4, 2, dtype=torch.float64),
+               torch.zeros(3, 5, dtype=torch.float64)]
+    rows = Histogrammer([50, 8, 5], members=3, bins=7, device="cpu")(tensors)
+    assert rows.shape == (3, 3, 4 + 7)
+    for member in range(3):
+        for p, t in enumerate(tensors):
+            values = t[member].flatten().numpy()
+            if np.ptp(values):
+                expected = np.histogram(values, bins=7, range=(values.min(), values.max()))[0].tolist()
+            else:  # max = min: all in the first bucket
+                expected = [len(values)] + [0] * 6
+            assert rows[member, p, 4:].numpy().tolist() == expected
+            assert rows[member, p, :4].numpy() == pytest.approx([values.min(), values.max(), values.sum(),
+                                                                 (values**2).sum()])
+
+
+def test_update_ratio_is_the_applied_step_over_the_weight_norm():
+    from initopt.layerstats import ParamStatsRecorder
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(2, 5, 4))  # two members stacked
+    opt = torch.optim.SGD([w], lr=0.3)
+    rec = ParamStatsRecorder([w], members=2, param_every=1, hist_every=0)
+    rec.at_init()
+    w.grad = torch.randn_like(w)
+    before = w.detach().clone()
+    rec.before_step(1)
+    opt.step()
+    rec.after_step(1, [w.grad])
+    stats = rec.drain()
+    for m in range(2):
+        expected = (0.3 * w.grad[m]).norm() / w[m].detach().norm()
+        assert stats.update_ratio[0, m, 0] == pytest.approx(expected.item(), rel=1e-6)
+        assert stats.weight_norm[:, m, 0] == pytest.approx([before[m].norm().item(), w[m].detach().norm().item()])
+    assert stats.norm_steps.tolist() == [0, 1] and stats.ratio_steps.tolist() == [1]
+
+
+def test_heat_map_colours_exact_zeros_apart_from_the_log_scale():
+    import matplotlib.image
+
+    from initopt.heatmap import ZERO_COLOUR, grad_norm_heatmap_png
+
+    steps = np.arange(1, 41)
+    norms = np.column_stack([np.zeros(40), np.geomspace(1e-3, 1, 40)])
+    png, width, height = grad_norm_heatmap_png(steps, norms, ["fc1.weight", "out.bias"])
+    pixels = matplotlib.image.imread(io.BytesIO(png))
+    assert pixels.shape[:2] == (height, width)
+    zero = np.all(np.isclose(pixels[..., :3], ZERO_COLOUR[:3], atol=0.02), axis=-1)
+    assert zero.sum() > 0.05 * zero.size  # the zero row is drawn in its own colour
+
+
+def test_fixed_keys_leave_the_run_names_and_swept_ones_stay():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from initopt.callbacks import fixed_keys
+
+    def fixed(*overrides):
+        return fixed_keys(OverridesParser.create().parse_overrides(list(overrides)))
+
+    assert fixed("init=zero,he", "steps=1500", "+experiment=x", "model.hidden=[8,8]") == [
+        "experiment", "model.hidden", "steps"]
+    assert fixed("seed=0,1,2", "init=zero,he", "seed=0") == ["seed"]  # the sweeper keeps the last one
+    assert fixed("seed=0", "seed=0,1,2") == []
