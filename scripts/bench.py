@@ -36,7 +36,7 @@ from initopt.data import BatchSampler, Dataset, load_dataset
 from initopt.engine.population import member_accuracies, member_losses
 from initopt.models import count_parameters
 from initopt.optim import build_optimizer
-from initopt.sinks import BANDED, PopulationLogs
+from initopt.sinks import PopulationLogs
 from initopt.tb import RunLogger
 
 TOY = ["model.hidden=[64,64]", "data=moons", "batch_size=64", "optim=momentum"]
@@ -80,7 +80,7 @@ def population_run(cfg, data, seeds: list[int], logdir: Path | None, log_every: 
     if logdir is not None:
         names = training.population.names
         loggers = [RunLogger(logdir / f"r{s}", names) for s in seeds]
-        agg = [(RunLogger(logdir / "agg", names, banded=BANDED), list(range(len(seeds))))] if aggregate else []
+        agg = [(RunLogger(logdir / "agg", names, banded=True), list(range(len(seeds))))] if aggregate else []
         logs = PopulationLogs(loggers, agg)
     training.fit(logs)
     if logs is not None:

@@ -136,7 +136,7 @@ def test_the_fast_composition_equals_hydras_for_every_job():
     from hydra.types import RunMode
     from omegaconf import OmegaConf, open_dict
 
-    from hydra_plugins.initopt_population_launcher.compose import JobComposer
+    from initopt.compose import JobComposer
 
     sweep = ["init=zero,he", "optim=sgd,adam", "optim.lr=0.01,0.1", "seed=0,1", "model.hidden=[8],[4,4]", "steps=7"]
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://initopt.conf"))

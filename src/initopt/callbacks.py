@@ -10,7 +10,9 @@ experiment configs put their sweeps) and
    override that every job's config is composed with; so the job directories, which are the
    TensorBoard run names, read ``init=he,optim=adam``;
 2. composes every job's config (at most :data:`MAX_COMPOSED`; beyond that, jobs that together
-   use every swept value) and writes the HParams experiment into the sweep directory: every
+   use every swept value; once per distinct set of config-group choices, the plain values applied
+   to a copy, :class:`initopt.compose.JobComposer`) and writes the HParams experiment into the
+   sweep directory: every
    column's domain is the set of values the jobs give it (:func:`initopt.hparams.columns`).
 
 Other sweepers (Optuna, Ax, ...) expand sweeps their own way: this callback leaves them alone
@@ -28,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from initopt.checks import covering_jobs
+from initopt.compose import JobComposer
 from initopt.hparams import Value, columns, sessions
 from initopt.tb import write_experiment
 
@@ -35,7 +38,7 @@ from initopt.tb import write_experiment
 BASIC_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                   "hydra_plugins.initopt_population_launcher.population_launcher.PopulationSweeper")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
-MAX_COMPOSED = 16  # composing a job costs ~0.1 s: beyond this, jobs that together use every swept value
+MAX_COMPOSED = 1024  # beyond this, jobs that together use every swept value (each costs a config copy)
 
 
 def sweep_overrides(config: DictConfig) -> list[Override]:
@@ -78,12 +81,10 @@ def job_overrides(overrides: list[Override]) -> list[list[str]]:
     return jobs if len(jobs) <= MAX_COMPOSED else covering_jobs(jobs)
 
 
-def job_hparams(config_name: str, job: list[str]) -> list[dict[str, Value]]:
+def job_hparams(composer: JobComposer, job: list[str]) -> list[dict[str, Value]]:
     """The HParams values of one job's runs (one, or a replica job's seeds and mean)."""
-    from hydra import compose
-
-    cfg = compose(config_name=config_name, overrides=job, return_hydra_config=True)
-    return [s.hparams for s in sessions(cfg, cfg.hydra.runtime.choices, "").values()]
+    cfg, choices = composer.task_config(job)
+    return [s.hparams for s in sessions(cfg, choices, "").values()]
 
 
 class SweepHParams(Callback):
@@ -94,5 +95,8 @@ class SweepHParams(Callback):
             return
         overrides = sweep_overrides(config)
         name_runs_by_swept_keys(config, overrides)
-        runs = [hp for job in job_overrides(overrides) for hp in job_hparams(config.hydra.job.config_name, job)]
+        from hydra.core.global_hydra import GlobalHydra
+
+        composer = JobComposer(GlobalHydra.instance().config_loader(), config)
+        runs = [hp for job in job_overrides(overrides) for hp in job_hparams(composer, job)]
         write_experiment(Path(config.hydra.sweep.dir), columns(runs))

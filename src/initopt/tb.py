@@ -40,7 +40,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.compat.proto.types_pb2 import DT_DOUBLE
@@ -194,9 +194,10 @@ def histogram_summary(tag: str, row: np.ndarray, numel: int) -> Summary:
     return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=_float64_tensor(histogram_buckets(row, numel)))])
 
 
-def image_summary(tag: str, png: bytes, width: int, height: int) -> Summary:
-    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
-        height=height, width=width, colorspace=4, encoded_image_string=png))])
+def image_summary(tag: str, png: bytes, width: int, height: int, description: str = "") -> Summary:
+    metadata = SummaryMetadata(summary_description=description) if description else None
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, image=Summary.Image(
+        height=height, width=width, colorspace=3, encoded_image_string=png))])
 
 
 def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -383,11 +384,12 @@ class RunLogger:
         resumed from a checkpoint: the steps since the resume)."""
         if not self._norms:
             return
-        from initopt.heatmap import grad_norm_heatmap_png
+        from initopt.heatmap import grad_norm_heatmap_png, heatmap_description
 
-        png, width, height = grad_norm_heatmap_png(np.concatenate(self._norm_steps), np.concatenate(self._norms),
-                                                   self.param_names)
-        self._write(image_summary("grad_norm/heatmap", png, width, height), step)
+        steps, norms = np.concatenate(self._norm_steps), np.concatenate(self._norms)
+        png, width, height = grad_norm_heatmap_png(steps, norms, self.param_names)
+        description = heatmap_description(steps, norms, self.param_names)
+        self._write(image_summary("grad_norm/heatmap", png, width, height, description), step)
 
     def write_divergence(self, step: int) -> None:
         """A diverged run: the ``status`` text says where; its HParams status is failure."""

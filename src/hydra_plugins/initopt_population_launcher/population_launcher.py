@@ -66,7 +66,7 @@ class PopulationLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra_plugins.initopt_population_launcher.compose import JobComposer
+        from initopt.compose import JobComposer
 
         self.config, self.hydra_context = config, hydra_context
         self.composer = JobComposer(hydra_context.config_loader, config)

@@ -1,4 +1,5 @@
-"""Each sweep job's config, composed once per distinct set of structural overrides.
+"""Each sweep job's config, composed once per distinct set of structural overrides (used by the
+population launcher and the sweep's HParams callback).
 
 Hydra composes every job of a sweep from scratch (the defaults list, every YAML file and schema):
 ~0.1-0.2 s a job here, more than a small job trains. Jobs that differ only in plain values
@@ -35,13 +36,30 @@ class JobComposer:
                 and not override.is_hydra_override()
                 and not self.loader.repository.group_exists(override.key_or_group))
 
-    def compose(self, overrides: list[str]) -> DictConfig:
+    def _split(self, overrides: list[str]) -> tuple[list[Override], list[Override], DictConfig]:
         parsed = self.parser.parse_overrides(overrides)
         values = [o for o in parsed if self._is_value(o)]
         structural = tuple(o.input_line for o in parsed if not self._is_value(o))
         if structural not in self._bases:
             self._bases[structural] = self.loader.load_sweep_config(self.master, list(structural))
-        cfg = copy.deepcopy(self._bases[structural])
+        return parsed, values, self._bases[structural]
+
+    def task_config(self, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+        """The job's config without Hydra's node (a smaller copy), and its group choices."""
+        _, values, base = self._split(overrides)
+        with open_dict(base):
+            hydra = base.pop("hydra")
+            try:
+                cfg = copy.deepcopy(base)
+            finally:
+                base["hydra"] = hydra
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return cfg, dict(hydra.runtime.choices)
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """The job's whole config, as Hydra's ``load_sweep_config`` composes it."""
+        parsed, values, base = self._split(overrides)
+        cfg = copy.deepcopy(base)
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         app = [o for o in parsed if not o.is_hydra_override()]
         with open_dict(cfg.hydra):
