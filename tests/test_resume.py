@@ -109,7 +109,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
             second = running[0]
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    time.sleep(0.5)
+    size = sum(p.stat().st_size for p in second.glob("events*"))
+    while sum(p.stat().st_size for p in second.glob("events*")) == size:  # its first flush: it trains
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
