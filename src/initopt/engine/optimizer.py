@@ -95,7 +95,8 @@ class PopulationOptimizer:
             torch._foreach_mul_(bufs, self._views["momentum"])
             torch._foreach_add_(bufs, grads)
             direction = bufs
-        scale = [-lr * _per_member(gate, lr) for lr in self._views["lr"]]
+        neg_lr = -self.hyper["lr"] * gate  # (K,), once; broadcast to each tensor as a view
+        scale = [_per_member(neg_lr, p) for p in self.params]
         torch._foreach_add_(self.params, torch._foreach_mul(direction, scale))
 
     def _adam(self, grads: list[torch.Tensor], gate: torch.Tensor) -> None:
