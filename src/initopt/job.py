@@ -60,6 +60,7 @@ class MemberRun:
     fingerprint: str
     start: str  # "fresh" | "resume" | "finished"
     metrics: dict | None = None  # a finished member's metrics.json
+    checkpoint: dict | None = None  # a resuming member's checkpoint, read once (checked, grouped, restored)
     logger: RunLogger | None = None
 
 
@@ -155,8 +156,8 @@ def _plan_member(cfg: DictConfig, member_dir: Path, name: str) -> MemberRun:
     if state == "finished":
         return MemberRun(cfg, member_dir, name, fp, "finished", rundir.read_metrics(member_dir))
     if state == "resumable":
-        checkpoint.load(member_dir / rundir.CHECKPOINT, [fp])  # a bad checkpoint fails now, in one line
-        return MemberRun(cfg, member_dir, name, fp, "resume")
+        saved = checkpoint.load(member_dir / rundir.CHECKPOINT, [fp])  # a bad checkpoint fails now, in one line
+        return MemberRun(cfg, member_dir, name, fp, "resume", checkpoint=saved)
     if state == "stale":
         rundir.clear_stale(member_dir)
     return MemberRun(cfg, member_dir, name, fp, "fresh")
@@ -177,7 +178,7 @@ class Population:
 def _start_step(member: MemberRun) -> int:
     if member.start != "resume":
         return 0
-    return int(checkpoint.load(member.dir / rundir.CHECKPOINT, [member.fingerprint])["loop"]["step"])
+    return int(member.checkpoint["loop"]["step"])
 
 
 def compatibility_key(cfg: DictConfig) -> str:
@@ -291,8 +292,9 @@ def _save_checkpoints(group: Population, training: engine.Training):
 def _restore(group: Population, training: engine.Training) -> None:
     for i, member in enumerate(group.members):
         if member.start == "resume":
-            payload = checkpoint.load(member.dir / rundir.CHECKPOINT, [member.fingerprint])
-            checkpoint.restore(payload, training.population, training.optimizer, training.state, members=[i])
+            checkpoint.restore(member.checkpoint, training.population, training.optimizer, training.state,
+                               members=[i])
+            member.checkpoint = None  # restored: its memory can go
 
 
 def progress_bar(total: int, done: int, label: str, enabled: bool):
