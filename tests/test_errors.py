@@ -220,16 +220,3 @@ def test_threads_auto_takes_one_thread_for_small_steps_and_torch_default_for_lar
 def test_threads_must_be_auto_or_a_count(value):
     assert error_line([f"threads={value}"]).startswith("threads=")
 
-
-def test_a_run_sets_the_threads_it_chose_and_the_next_run_resets_them(tmp_path, compose):
-    from initopt.train import run
-
-    try:
-        other = DEFAULT_THREADS + 1
-        run(compose(["steps=2", f"threads={other}"]), tmp_path / "a")
-        assert torch.get_num_threads() == other
-        run(compose(["steps=2", "threads=0"]), tmp_path / "b")
-        assert torch.get_num_threads() == DEFAULT_THREADS
-    finally:
-        torch.set_num_threads(DEFAULT_THREADS)
-

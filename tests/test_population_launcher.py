@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import read_metrics, run_cli
 
-from initopt import job as jobs
 from initopt.checks import compose_job
-from initopt.populations import train_sweep
+from initopt.sweep.plan import prepare_job
+from initopt.sweep.runner import run_sweep
 
 SMALL = ["model.hidden=[8]", "steps=30", "eval_every=10", "flush_every=10", "dtype=float64"]
 
@@ -71,10 +71,10 @@ def test_a_diverged_member_is_recorded_and_the_others_finish(tmp_path):
 
 
 def test_a_failed_job_records_its_error_and_the_sweep_goes_on(tmp_path):
-    good = jobs.prepare(compose_job(SMALL), tmp_path / "good", "good")
+    good = prepare_job(compose_job(SMALL), tmp_path / "good", "good")
     broken_cfg = compose_job([*SMALL, "data=mnist", f"data.root={tmp_path / 'nothing'}"])
-    broken = jobs.prepare(broken_cfg, tmp_path / "broken", "broken")
-    outcomes = train_sweep([good, broken], member_budget=0)
+    broken = prepare_job(broken_cfg, tmp_path / "broken", "broken")
+    outcomes = run_sweep([good, broken], member_budget=0)
     assert isinstance(outcomes[id(broken)], Exception)
     assert read_metrics(tmp_path / "broken")["status"] == "failed"
     assert outcomes[id(good)]["status"] == "ok" and read_metrics(tmp_path / "good")["status"] == "ok"

@@ -89,13 +89,13 @@ def test_an_hparams_session_and_the_custom_scalar_layout_are_in_each_run(sweep_d
 
 FAULTY_CLI = """
 import sys
-import initopt.job as job
-real = job.load_data
+import initopt.sweep.runner as runner
+real = runner.load_data
 def load_data(cfg):  # an injected fault: this job's data cannot be read at run time
     if cfg.seed == 1:
         raise OSError("injected: the disk holding the data went away")
     return real(cfg)
-job.load_data = load_data
+runner.load_data = load_data
 from initopt.train import main
 sys.argv = ["initopt.train", *sys.argv[1:]]
 main()

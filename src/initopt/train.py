@@ -7,7 +7,7 @@ The recipe, top to bottom::
 
 A run is a population of K >= 1 members (``replicas=K`` seeds of one config); the population
 launcher (``+launcher=population``) trains the members of many jobs of a sweep together, through
-the same steps (:mod:`initopt.job`).
+the same steps (:mod:`initopt.sweep`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from initopt import job as jobs
 from initopt.checks import user_error_line
 from initopt.config import ConfigError
 from initopt.signals import StopSignals
+from initopt.sweep import outputs, runner
+from initopt.sweep.grouping import training_groups
+from initopt.sweep.plan import Job, prepare_job
 
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "",
@@ -34,33 +36,33 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
     A finished job in ``output_dir`` is kept and its stored metrics returned.
     """
     # refusals (a lock held, another run in the directory) touch nothing
-    job = jobs.prepare(cfg, Path(output_dir), run_name, resume_hint, group_choices, standalone)
+    job = prepare_job(cfg, Path(output_dir), run_name, resume_hint, group_choices, standalone)
     try:
-        if job.finished is None:
+        if job.plan.finished is None:
             train_jobs([job])
-        return jobs.finish_job(job)
-    except jobs.Interrupted:
+        return outputs.finish_job(job)
+    except runner.Interrupted:
         raise
     except Exception as err:
-        err = jobs.as_user_error(job, err)
-        jobs.record_failure(job.output_dir, err)
+        err = outputs.as_user_error(job, err)
+        outputs.record_failure(job.plan.output_dir, err)
         raise err from None
     finally:
-        jobs.release(job)
+        job.release()
 
 
-def train_jobs(prepared: list[jobs.Job], member_budget: int = 0) -> None:
-    """Every member still to train, in populations; a stop request checkpoints and exits."""
+def train_jobs(prepared: list[Job], member_budget: int = 0) -> None:
+    """Every member still to train, in training groups; a stop request checkpoints and exits."""
+    runner.prepare_cuda_determinism(prepared)
     for job in prepared:
-        if job.members:
-            job.mode = jobs.mode_of(job.cfg, jobs.load_data(job.cfg))
-    groups = jobs.populations(prepared, member_budget)
+        if job.plan.members:
+            job.mode = runner.replicas_mode(job.plan.cfg, runner.load_data(job.plan.cfg))
     with StopSignals() as stop:
-        for group in groups:
-            training, result, logs = jobs.train(group, stop)
-            if result.interrupted:
-                raise jobs.interrupted(group, result, logs, stop)
-            jobs.finish_members(group, training, result, logs)
+        for group in training_groups(prepared, member_budget):
+            trained = runner.train_group(group, stop)
+            if trained.result.interrupted:
+                raise runner.interrupted(trained, stop)
+            outputs.finish_members(trained)
 
 
 def resume_command(output_dir: Path, multirun: bool, sweep_dir: str | None) -> str:

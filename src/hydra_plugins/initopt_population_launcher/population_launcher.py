@@ -8,7 +8,7 @@
    (``run_job``: the same ``.hydra/`` files, job directory and name), with the job's own checks:
    a finished job is kept, a checkpointed one resumes, a job whose checks fail records its error.
 2. The members of all jobs that can share (same model shape, data, batch size, steps, schedule,
-   dtype, device, optimizer family and starting step; see :func:`initopt.job.compatibility_key`)
+   dtype, device, optimizer family and starting step; see :func:`initopt.sweep.grouping.compatibility_key`)
    become one population each; one larger than ``hydra.launcher.member_budget`` is split, and
    the split is printed. Jobs that cannot share run as populations of their own, in the same process.
 3. Each population trains in one engine pass; every job's directory ends exactly as a separate run
@@ -49,13 +49,13 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 
 def _prepare_job(cfg: DictConfig):
     """Hydra's task function for phase 1: the job's checks and directory, no training yet."""
-    from initopt import job as jobs
+    from initopt.sweep.plan import prepare_job
     from initopt.train import resume_command
 
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     hint = resume_command(output_dir, True, hc.sweep.dir)
-    return jobs.prepare(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), standalone=False)
+    return prepare_job(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), standalone=False)
 
 
 class PopulationLauncher(Launcher):
@@ -72,7 +72,7 @@ class PopulationLauncher(Launcher):
         self.composer = JobComposer(hydra_context.config_loader, config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from initopt.populations import train_sweep
+        from initopt.sweep.runner import run_sweep
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -80,7 +80,7 @@ class PopulationLauncher(Launcher):
         log.info(f"Preparing {len(job_overrides)} jobs for the population launcher")
         returns = [self._prepare(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
         prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED]
-        outcomes = train_sweep(prepared, self.member_budget)
+        outcomes = run_sweep(prepared, self.member_budget)
         for ret in returns:
             if ret.status == JobStatus.COMPLETED:
                 outcome = outcomes[id(ret.return_value)]

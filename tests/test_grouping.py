@@ -1,0 +1,60 @@
+"""Training groups: members of compatible jobs train together, a group over the member budget is
+split at job boundaries, and a replica job keeps one mean run, equal to its metrics.json."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import read_metrics, run_cli, scalar_tags
+
+from initopt.checks import compose_job
+from initopt.sweep.grouping import training_groups
+from initopt.sweep.plan import Start, prepare_job
+
+SMALL = ["model.hidden=[8]", "steps=30", "eval_every=10", "flush_every=10", "dtype=float64"]
+
+
+def prepared(tmp_path, n_jobs: int, replicas: int):
+    return [prepare_job(compose_job([*SMALL, f"replicas={replicas}", f"seed={10 * j}"]), tmp_path / f"job{j}")
+            for j in range(n_jobs)]
+
+
+def test_the_budget_splits_between_jobs_never_inside_one(tmp_path):
+    jobs = prepared(tmp_path, 3, replicas=2)
+    try:
+        groups = training_groups(jobs, member_budget=3)
+        assert [len(g.members) for g in groups] == [2, 2, 2]
+        assert all(len(g.jobs) == 1 and g.members == g.jobs[0].plan.members for g in groups)
+        assert not any(job.split for job in jobs)
+        whole = training_groups(jobs, member_budget=4)
+        assert [len(g.members) for g in whole] == [4, 2] and [len(g.jobs) for g in whole] == [2, 1]
+    finally:
+        for job in jobs:
+            job.release()
+
+
+def test_a_job_over_the_budget_alone_is_split_and_says_so(tmp_path, capsys):
+    jobs = prepared(tmp_path, 1, replicas=5)
+    try:
+        groups = training_groups(jobs, member_budget=2)
+        assert [len(g.members) for g in groups] == [2, 2, 1] and jobs[0].split
+        assert "5 members, over hydra.launcher.member_budget=2: trained in 3 groups" in capsys.readouterr().err
+        assert all(m.start is Start.FRESH for g in groups for m in g.members)
+    finally:
+        jobs[0].release()
+
+
+@pytest.mark.parametrize("sweep", [
+    ["replicas=3", "hydra.launcher.member_budget=2"],  # one job over the budget
+    ["replicas=2", "optim.lr=0.05,0.1", "hydra.launcher.member_budget=3"],  # two jobs, 4 members
+], ids=["job over the budget", "jobs over the budget"])
+def test_a_replica_job_split_by_the_member_budget_has_one_mean_run_equal_to_its_metrics(tmp_path, sweep):
+    proc = run_cli("-m", "+launcher=population", *sweep, *SMALL, "hydra.sweep.dir=s", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [p for p in (tmp_path / "s").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert jobs
+    for job in jobs:
+        assert len(list((job / "mean").glob("events.out.tfevents*"))) == 1, job
+        accuracy = scalar_tags(job / "mean")["accuracy/test"]
+        metrics = read_metrics(job)
+        assert accuracy[-1].step == 30
+        assert accuracy[-1].value == pytest.approx(metrics["final"]["test_accuracy"], rel=1e-6)
