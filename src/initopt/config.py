@@ -157,6 +157,7 @@ class DataConfig:
     preprocess: str = "none"
     limit_train: int = 0
     seed: int = 0
+    sigmas: list[float] = field(default_factory=lambda: [3.0, 0.3])  # lstsq: singular values of X / sqrt(n)
 
 
 # ------------------------------------------------------------------------------- run
@@ -193,7 +194,7 @@ INIT_DISTRIBUTIONS = ("normal", "uniform")
 FAN_MODES = ("fan_in", "fan_out")
 NONLINEARITIES = ("relu", "leaky_relu", "tanh", "sigmoid", "linear", "selu")
 MOMENTUM_FORMS = ("ema", "heavy_ball")
-DATASETS = ("moons", "circles", "digits", "fashion_mnist", "mnist", "cifar10")
+DATASETS = ("moons", "circles", "digits", "fashion_mnist", "mnist", "cifar10", "lstsq")
 PREPROCESS = ("none", "scale", "center", "standardize")
 DEVICES = ("auto", "cpu", "cuda")
 REPLICA_MODES = ("auto", "stacked", "vmap", "sequential")
@@ -245,8 +246,8 @@ def _in_open_closed(key: str, value: float, lo: float, hi: float) -> None:
 
 def _validate_model(m: DictConfig) -> None:
     hidden = list(m.hidden)
-    if not hidden or any(h <= 0 for h in hidden):
-        raise ConfigError("model.hidden", hidden, "a non-empty list of positive layer widths")
+    if any(h <= 0 for h in hidden):
+        raise ConfigError("model.hidden", hidden, "a list of positive layer widths ([]: a linear model)")
     _one_of("model.activation", m.activation, ACTIVATIONS)
 
 
@@ -279,8 +280,10 @@ def _validate_optim(o: DictConfig) -> None:
 def _validate_data(d: DictConfig) -> None:
     _one_of("data.name", d.name, DATASETS)
     _one_of("data.preprocess", d.preprocess, PREPROCESS)
-    if d.name in ("moons", "circles"):
+    if d.name in ("moons", "circles", "lstsq"):
         _non_negative("data.noise", d.noise)
+    if d.name == "lstsq" and (not d.sigmas or not all(math.isfinite(s) and s > 0 for s in d.sigmas)):
+        raise ConfigError("data.sigmas", list(d.sigmas), "a non-empty list of singular values > 0")
     if d.name == "circles" and not 0.0 < d.factor < 1.0:
         raise ConfigError("data.factor", d.factor, "must be in (0, 1)")
     if not 0.0 < d.test_fraction < 1.0:

@@ -4,7 +4,8 @@ Every dataset becomes a :class:`Dataset` of four tensors (train / held-out input
 targets) that live on the training device for the whole run; a batch is a slice of a
 shuffled index, never a per-sample DataLoader (measured 65x slower on small models).
 Two-class data has float targets in {0, 1} and one output logit (BCE); C classes have
-integer targets and C logits (cross-entropy).
+integer targets and C logits (cross-entropy); regression (``num_classes == 0``, the generated
+least-squares problem ``lstsq``) has float targets and one output (squared error).
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ class Dataset:
 
     @property
     def n_outputs(self) -> int:
-        """Logits the model must produce: 1 for two classes (BCE), C otherwise (CE)."""
-        return 1 if self.num_classes == 2 else self.num_classes
+        """Logits the model must produce: 1 for two classes (BCE) and for regression, C otherwise (CE)."""
+        return 1 if self.num_classes in (0, 2) else self.num_classes
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Dataset:
-        y_dtype = dtype if self.num_classes == 2 else torch.long
+        y_dtype = dtype if self.num_classes in (0, 2) else torch.long
         return Dataset(
             self.x_train.to(device, dtype),
             self.y_train.to(device, y_dtype),
@@ -104,7 +105,13 @@ def min_generated_samples(test_fraction: float, n_classes: int = 2, min_train: i
 
 def check_split(cfg: DictConfig) -> None:
     """The stratified train / held-out split of generated or scikit-learn data must work."""
-    if cfg.name in ("moons", "circles"):
+    if cfg.name == "lstsq":
+        n_train, n_test = split_sizes(cfg.n_samples, cfg.test_fraction)
+        if min(n_train, n_test) < len(cfg.sigmas):
+            raise ConfigError("data.n_samples", cfg.n_samples, (
+                f"leaves {n_train} training and {n_test} held-out examples with data.test_fraction="
+                f"{cfg.test_fraction}; each side needs at least len(data.sigmas) = {len(cfg.sigmas)}"))
+    elif cfg.name in ("moons", "circles"):
         n_min = min_generated_samples(cfg.test_fraction)
         if cfg.n_samples < n_min:
             raise ConfigError("data.n_samples", cfg.n_samples, (
@@ -133,6 +140,40 @@ def _sklearn_dataset(cfg: DictConfig) -> Dataset:
         x = x / 16.0 if cfg.preprocess != "none" else x
         num_classes = 10
     return _split(x, y, cfg.test_fraction, cfg.seed, num_classes)
+
+
+def orthonormal_columns(rng, n: int, d: int):
+    """An ``n x d`` matrix with orthonormal columns (Q of the QR of a Gaussian matrix)."""
+    import numpy as np
+
+    q, r = np.linalg.qr(rng.standard_normal((n, d)))
+    return q * np.sign(np.diag(r))  # a unique Q: the Gaussian's distribution is rotation-invariant
+
+
+def least_squares_problem(cfg: DictConfig) -> Dataset:
+    """The homework's least-squares problem with prescribed singular values (``data=lstsq``).
+
+    With ``d = len(sigmas)`` features, one orthogonal ``V`` (d x d) and ``w* ~ N(0, I_d)`` drawn
+    from ``data.seed``, each side (``n`` training, ``m`` held-out rows) is
+    ``X = sqrt(n) U diag(sigmas) V^T`` (U: orthonormal columns of its own) and
+    ``y = X w* + noise * N(0, 1)``. So the engine's loss, the mean over rows
+    ``(1/n) sum_i (x_i w - y_i)^2``, is exactly the homework's ``||X' w - y'||^2`` (no 1/2) with
+    ``X' = X / sqrt(n) = U diag(sigmas) V^T``: the closed forms of :mod:`initopt.analytic` apply
+    with the same learning rate. Targets are float; ``num_classes = 0`` marks regression.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(cfg.seed)
+    sigmas = np.asarray(cfg.sigmas, dtype=float)
+    d = len(sigmas)
+    v = orthonormal_columns(rng, d, d)
+    w_star = rng.standard_normal(d)
+    sides = []
+    for rows in split_sizes(cfg.n_samples, cfg.test_fraction):
+        x = np.sqrt(rows) * orthonormal_columns(rng, rows, d) * sigmas @ v.T
+        y = x @ w_star + cfg.noise * rng.standard_normal(rows)
+        sides += [torch.as_tensor(x), torch.as_tensor(y)]
+    return Dataset(*sides, num_classes=0)
 
 
 # ---------------------------------------------------------------------- torchvision
@@ -228,7 +269,7 @@ def expected_train_size(cfg: DictConfig) -> int:
     if cfg.name in TORCHVISION_CLASSES:
         n = TRAIN_SIZES[cfg.name]
     else:
-        total = cfg.n_samples if cfg.name in ("moons", "circles") else TRAIN_SIZES[cfg.name]
+        total = cfg.n_samples if cfg.name in ("moons", "circles", "lstsq") else TRAIN_SIZES[cfg.name]
         n = total - math.ceil(cfg.test_fraction * total)
     return min(n, cfg.limit_train) if cfg.limit_train else n
 
@@ -279,6 +320,8 @@ def load_dataset(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> D
     """Build the configured dataset and move it to ``device`` once, for the whole run."""
     if cfg.name in TORCHVISION_CLASSES:
         data = _torchvision_dataset(cfg)
+    elif cfg.name == "lstsq":
+        data = least_squares_problem(cfg)
     else:
         data = _sklearn_dataset(cfg)
     if cfg.limit_train:

@@ -11,6 +11,13 @@
                 b <- (1 - beta) b + g ;  w <- w - lr b   = ``SGD(lr, momentum=1-beta)``
   The two forms trace the same path when heavy-ball's lr equals ema's lr * beta.
 * ``adam``:     torch.optim.Adam, the fused kernel when the parameters' device and dtype allow.
+
+Comparing optimizers by their ``lr`` misleads: what a run moves by, once the momentum buffer has
+filled, is the **steady-state step** (:func:`steady_state_step`): under a constant gradient g the
+update tends to ``-step * g``. It is ``lr`` for SGD and for EMA momentum (z -> g) but ``lr / beta``
+for heavy ball (b -> g / beta). So with the defaults (EMA, beta 0.1, lr 0.1) momentum moves like
+SGD at lr 0.1, although torch applies ``lr * beta = 0.01`` to a buffer ten times the gradient.
+:func:`torch_equivalent` gives the ``torch.optim`` arguments (lr, momentum) that realise each form.
 """
 
 from __future__ import annotations
@@ -30,6 +37,47 @@ def momentum_sgd_arguments(lr: float, beta: float, form: str) -> dict:
     if form == "heavy_ball":
         return {"lr": lr, "momentum": 1.0 - beta}
     raise ValueError(f"unknown momentum form {form!r}")
+
+
+def torch_equivalent(cfg) -> dict[str, float]:
+    """The ``torch.optim`` arguments that realise an optim config (any mapping with its keys):
+
+    * sgd:                 ``SGD(lr, momentum=0)``                 -> ``{lr, momentum: 0}``
+    * momentum, ema:       ``SGD(lr * beta, momentum=1 - beta)``   -> ``{lr: lr * beta, momentum: 1 - beta}``
+    * momentum, heavy_ball ``SGD(lr, momentum=1 - beta)``          -> ``{lr, momentum: 1 - beta}``
+    * adam:                ``Adam(lr, betas=(beta1, beta2))``      -> ``{lr, momentum: beta1}`` (the decay of
+      Adam's first-moment average, the role torch's SGD ``momentum`` plays)
+    """
+    name = cfg["name"]
+    if name == "sgd":
+        return {"lr": float(cfg["lr"]), "momentum": 0.0}
+    if name == "momentum":
+        return {k: float(v) for k, v in momentum_sgd_arguments(cfg["lr"], cfg["beta"], cfg["form"]).items()}
+    if name == "adam":
+        return {"lr": float(cfg["lr"]), "momentum": float(cfg["beta1"])}
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def steady_state_step(cfg) -> float:
+    """The steady-state step size: under a constant gradient g the update tends to ``-step * g``.
+
+    With torch's ``SGD(lr_t, momentum=m)`` the buffer tends to ``g / (1 - m)``, so
+    ``step = lr_t / (1 - m)``; per form:
+
+    * sgd:                 ``lr``
+    * momentum, ema:       ``lr``         (z <- (1-beta) z + beta g tends to g)
+    * momentum, heavy_ball ``lr / beta``  (b <- (1-beta) b + g tends to g / beta)
+    * adam:                ``lr``, per coordinate and in parameter units: m / sqrt(v) tends to
+      sign(g), so the update tends to ``-lr * sign(g)`` whatever the gradient's size.
+    """
+    name, lr = cfg["name"], float(cfg["lr"])
+    if name == "momentum" and cfg["form"] == "heavy_ball":
+        return lr / float(cfg["beta"])
+    if name == "momentum" and cfg["form"] != "ema":
+        raise ValueError(f"unknown momentum form {cfg['form']!r}")
+    if name not in ("sgd", "momentum", "adam"):
+        raise ValueError(f"unknown optimizer {name!r}")
+    return lr
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:

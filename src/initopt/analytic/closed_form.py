@@ -377,3 +377,27 @@ def ridge_kernel(X, y, lam: float) -> np.ndarray:
     ``Sigma_YY = X X^T + lambda I``), so the MAP claim maximises the posterior numerically instead
     (:func:`initopt.analytic.simulate.ridge_map`)."""
     return X.T @ np.linalg.solve(X @ X.T + lam * np.eye(X.shape[0]), y)
+
+
+def momentum_optimal_interval(beta: float, sigmas) -> tuple[float, float] | None:
+    """Every eta in ``[lo, hi]`` reaches the best rate ``sqrt(1-b)`` for this beta, or None.
+
+    The rate is ``sqrt(1-b)`` exactly when every mode has complex (or repeated) eigenvalues, i.e.
+    eta lies in every mode's complex interval: from ``s_min``'s lower end
+    ``(1 - sqrt(1-b))^2 / (2 b s_min^2)`` to ``s_max``'s upper end ``(1 + sqrt(1-b))^2 / (2 b s_max^2)``;
+    None when these do not overlap (then :func:`momentum_optimal_eta` balances the two extremes).
+    :func:`momentum_optimal_eta` returns ``lo``, where ``s_min``'s eigenvalue is repeated.
+    """
+    lo, _ = momentum_complex_eta_range(beta, min(sigmas))
+    _, hi = momentum_complex_eta_range(beta, max(sigmas))
+    return (lo, hi) if lo <= hi else None
+
+
+def momentum_central_optimal_eta(beta: float, sigmas) -> float | None:
+    """The geometric centre of :func:`momentum_optimal_interval`, ``sqrt(lo hi) = 1 / (2 s_max s_min)``
+    (whatever beta): every mode's eigenvalues are then strictly complex with modulus ``sqrt(1-b)``,
+    so ``|x_t|`` shrinks like ``sqrt(1-b)^t`` with no polynomial factor (a repeated eigenvalue, at
+    the interval's ends, gives ``t sqrt(1-b)^t``). None when the interval is empty."""
+    if momentum_optimal_interval(beta, sigmas) is None:
+        return None
+    return 1.0 / (2.0 * max(sigmas) * min(sigmas))

@@ -32,6 +32,7 @@ from initopt.layerstats import ParamStatsRecorder
 from initopt.probes import ActivationRecorder, StepRecorder
 
 METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+LOSS_COLUMNS = [0, 2]  # of METRIC_KEYS
 INIT_ACTIVATION_EXAMPLES = 1024
 
 
@@ -118,7 +119,7 @@ def evaluate(population: Population, data: Dataset) -> np.ndarray:
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
         logits = population.forward(population.params, x)
         ys = y.expand(population.k, *y.shape)
-        cols += [member_losses(logits, ys, data.num_classes), member_accuracies(logits, ys)]
+        cols += [member_losses(logits, ys, data.num_classes), member_accuracies(logits, ys, data.num_classes)]
     return torch.stack(cols, dim=1).cpu().numpy().astype(np.float64)
 
 
@@ -167,10 +168,11 @@ class _Run:
             self.sinks.write_param_stats(self.params.drain())
 
     def evaluate(self, step: int) -> None:
-        """Every member still active: a finite evaluation joins its history, a non-finite one ends it."""
+        """Every member still active: finite losses join its history, a non-finite one ends it
+        (accuracies are finite whenever the losses are, and NaN by definition for regression)."""
         table = evaluate(self.pop, self.data)
         for k in np.flatnonzero(self.state.active):
-            if np.isfinite(table[k]).all():
+            if np.isfinite(table[k, LOSS_COLUMNS]).all():
                 self.state.histories[k].append((step, dict(zip(METRIC_KEYS, table[k].tolist()))))
             else:
                 self.state.diverged[k] = step

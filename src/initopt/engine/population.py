@@ -148,9 +148,12 @@ def build_population(model_cfg: DictConfig, members: list[Member], n_in: int, n_
 def member_losses(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(K,)``: each member's mean loss over its batch.
 
-    Two classes: mean BCE-with-logits on one logit; C classes: mean cross-entropy on C logits.
+    Two classes: mean BCE-with-logits on one logit; C classes: mean cross-entropy on C logits;
+    regression (``num_classes == 0``): mean squared error ``(1/B) sum_i (f(x_i) - y_i)^2``, no 1/2.
     """
     k, b = y.shape[:2]
+    if num_classes == 0:
+        return (logits.squeeze(-1) - y).square().mean(1)
     if num_classes == 2:
         per_example = F.binary_cross_entropy_with_logits(logits.squeeze(-1), y, reduction="none")
     else:
@@ -158,7 +161,10 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> to
     return per_example.mean(1)
 
 
-def member_accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(K,)``: fraction correct: sign of the logit for two classes, arg-max of the logits otherwise."""
+def member_accuracies(logits: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """``(K,)``: fraction correct: sign of the logit for two classes, arg-max of the logits otherwise;
+    NaN for regression (``num_classes == 0``), where there is no class to be right about."""
+    if num_classes == 0:
+        return logits.new_full(logits.shape[:1], float("nan"))
     predicted = (logits.squeeze(-1) > 0).to(y.dtype) if logits.shape[-1] == 1 else logits.argmax(-1)
     return (predicted == y).to(logits.dtype).mean(1)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from initopt.report import activations, figures, heatmaps
+from initopt.report import activations, figures, heatmaps, optimizers
 from initopt.report.collect import Group, Run, group_runs, runs_of, varying_keys
 from initopt.report.jobs import Inventory, inventory
 from initopt.report.settings import Settings, fixed_settings
 from initopt.report.stats import SD_LABEL
-from initopt.report.style import Styles, save
+from initopt.report.style import BAND_LABEL, Styles, save
 from initopt.report.tables import markdown_table, summarize, write_csv
 
 LR_KEYS = ("optim.lr", "lr")
@@ -27,6 +27,17 @@ CAPTIONS = {
                        "init) and at the last recorded step.",
     "lr_sensitivity.png": "Final held-out accuracy against the learning rate.",
 }
+
+
+def _optimizer_section(configs: list[dict], groups: list[Group]) -> list[str]:
+    """The optimizers' settings table (torch.optim equivalent, steady-state step) and the finding."""
+    table = optimizers.settings_table(configs)
+    if not table:
+        return []
+    text = optimizers.finding(groups)
+    return ["## Optimizers", "", "The steady-state step is what a constant gradient g is eventually moved by, "
+            "`w <- w - step * g` (`initopt.optim.steady_state_step`); compare optimizers by it, not by lr.", "",
+            *table, "", *[p + "\n" for p in text]]
 
 
 class NothingUsable(Exception):
@@ -100,12 +111,15 @@ def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
     progress = sweep.jobs.sentence()
     page = [f"# Report: {sweep_dir}", "", f"**Jobs:** {progress}.", "",
             f"{len(sweep.runs)} runs in {len(groups)} groups, varying: {', '.join(sweep.keys) or 'nothing'}. "
-            f"Every row and curve is the mean over its seeds; ± and bands are one {SD_LABEL}.", "",
+            f"Every row and curve is the mean over its seeds; ± in the tables is one {SD_LABEL}, "
+            f"the figures' {BAND_LABEL}.", "",
             "**Fixed settings** (from the jobs' `.hydra/config.yaml`):", "", *sweep.settings.lines, "",
+            *_optimizer_section([j.config for j in sweep.jobs.jobs if j.config], groups),
             "## Summary", "", table, ""]
     for heading, name, fig in pictures:
         if fig is not None:
             save(fig, out / name)
-            page += [f"## {heading}", "", CAPTIONS[name], "", f"![{heading}]({name})", ""]
+            page += [f"## {heading}", "", CAPTIONS[name], "", f"![{heading}]({name})",
+                     f"([SVG]({Path(name).with_suffix('.svg')}))", ""]
     (out / "report.md").write_text("\n".join(page))
     return out / "report.md", progress

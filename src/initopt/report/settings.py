@@ -32,6 +32,8 @@ def _values(configs: list[dict], section: str, key: str) -> str:
 def _section(configs: list[dict], section: str) -> str:
     """``name (key value, ...)`` of one config group, every key the configs give it."""
     keys = list(dict.fromkeys(k for c in configs for k in c.get(section, {}) if k not in NOT_SHOWN))
+    if section == "data" and not any(c.get("data", {}).get("name") == "lstsq" for c in configs):
+        keys = [k for k in keys if k != "sigmas"]  # the least-squares problem's alone
     names = _values(configs, section, "name")
     return f"{names} (" + ", ".join(f"{k} {_values(configs, section, k)}" for k in keys) + ")"
 

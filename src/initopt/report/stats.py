@@ -2,6 +2,9 @@
 the mean m = (1/n) sum x_i and the sample standard deviation
 sd = sqrt(sum (x_i - m)^2 / (n - 1)) over the n seeds (ddof = 1), undefined for n = 1.
 
+Figures draw a band from the lowest to the highest seed (:class:`SeedStats` ``low``, ``high``):
+unlike mean ± sd it never reaches below the smallest value, so it stays positive on a log axis.
+
 Long per-step series are averaged into at most ``MAX_POINTS`` bins of consecutive steps first,
 equal in log(step) (so the first steps, where He's spike lives, keep a point each) or in step.
 """
@@ -46,12 +49,14 @@ def binned(values: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SeedStats:
-    """A curve over steps: mean and sample sd over the n seeds of a group."""
+    """A curve over steps: mean, sample sd, lowest and highest value over the n seeds of a group."""
 
     steps: np.ndarray
     mean: np.ndarray
     sd: np.ndarray
     n: int
+    low: np.ndarray
+    high: np.ndarray
 
 
 def aligned(series: list[tuple[np.ndarray, np.ndarray]]):
@@ -75,4 +80,4 @@ def seed_stats(group: Group, tag: str, log: bool = False) -> SeedStats | None:
     index = bin_index(steps, log)
     stack = np.stack([binned(row, index) for row in stack])
     mean, sd = mean_sd(stack)
-    return SeedStats(binned(steps.astype(float), index), mean, sd, len(stack))
+    return SeedStats(binned(steps.astype(float), index), mean, sd, len(stack), stack.min(0), stack.max(0))

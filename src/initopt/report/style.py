@@ -1,7 +1,10 @@
-"""One look for every figure: colour by init (zero, normal, xavier, he fixed; other inits after),
-line style by optimizer (sgd solid, momentum dashed, adam dotted), a marker and a lighter shade
+"""One look for every figure: colour by init (the colours TensorBoard gives the README's
+``init=(\w+)`` colour grouping, see ``INIT_COLOURS``; other inits after), line style by optimizer
+(sgd solid, momentum dashed, adam dotted), a hollow marker per init at staggered places (so a line
+lying exactly on another, zero's loss under normal's, still shows), or a marker and a lighter shade
 for any other varying choice; the legend in its own panel; exact zeros on a log axis drawn at a
-labelled "exactly 0" below the smallest positive decade (symlog).
+labelled "exactly 0" below the smallest positive decade (symlog); step axes logarithmic with
+step 0 (initialization) at their left end. Every figure is saved as PNG and SVG.
 """
 
 from __future__ import annotations
@@ -14,14 +17,24 @@ import numpy as np
 
 from initopt.report.collect import Group
 
-INIT_COLOURS = {"zero": "#555555", "normal": "#1f77b4", "xavier": "#2ca02c", "he": "#d62728"}
-EXTRA_COLOURS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+# TensorBoard's default palette (Slate, Cyan, Pink, Yellow, Purple, Light Green, Orange) in the order
+# its regex colour grouping hands it out: one colour per group in the order the group's first run
+# comes, runs sorted by name, so ``init=(\w+)`` gives he, normal, xavier, zero (alphabetical).
+# The report uses the same mapping; the README states it.
+TENSORBOARD_PALETTE = ("#425066", "#12b5cb", "#e52592", "#f9ab00", "#9334e6", "#7cb342", "#e8710a")
+INIT_COLOURS = {"he": "#425066", "normal": "#12b5cb", "xavier": "#e52592", "zero": "#f9ab00"}
+COLOUR_NOTE = "colours as TensorBoard's init=(\\w+) grouping"
+EXTRA_COLOURS = TENSORBOARD_PALETTE[4:] + ("#8c564b", "#17becf", "#bcbd22")
+INIT_MARKERS = {"zero": "o", "normal": "s", "xavier": "^", "he": "v"}
+EXTRA_MARKERS = ("D", "P", "X", "*")
 OPTIM_STYLES = {"sgd": "-", "momentum": "--", "adam": ":"}
 EXTRA_STYLES = ("-.", (0, (5, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)))
 REST_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 ZERO_COLOUR = "#22c4c4"  # exact zeros in the heat maps: outside the magma colour map
 ZERO_LABEL = "exactly 0"
-DPI = 100
+DPI = 150
+FORMATS = ("png", "svg")  # every figure: a raster to glance at, a vector to zoom into
+MARK_DECADES = 0.25  # dense curves: a hollow marker every quarter decade of steps, each init's shifted
 
 
 def plt():
@@ -58,6 +71,7 @@ class Styles:
         extra_inits = [i for i in self.inits if i not in INIT_COLOURS]
         extra_optims = [o for o in self.optims if o not in OPTIM_STYLES]
         self.colours = {**INIT_COLOURS, **{i: EXTRA_COLOURS[k % len(EXTRA_COLOURS)] for k, i in enumerate(extra_inits)}}
+        self.markers = {**INIT_MARKERS, **{i: EXTRA_MARKERS[k % len(EXTRA_MARKERS)] for k, i in enumerate(extra_inits)}}
         self.dashes = {**OPTIM_STYLES, **{o: EXTRA_STYLES[k % len(EXTRA_STYLES)] for k, o in enumerate(extra_optims)}}
 
     def _rest(self, group: Group) -> tuple:
@@ -76,11 +90,26 @@ class Styles:
                          REST_MARKERS[k % len(REST_MARKERS)])
 
     def kwargs(self, group: Group, sparse: bool = False) -> dict:
-        """``ax.plot`` keywords; sparse curves (few points) get markers."""
+        """``ax.plot`` keywords. The marker says the init (or, when another choice varies, that
+        choice); dense curves get hollow markers at staggered places (init k starts k/len(inits) of
+        the way into the marker interval) so lines that coincide all stay visible; sparse curves
+        (few points) a marker at every point."""
         style = self.of(group)
-        marker = style.marker or ("o" if sparse else None)
-        return {"color": style.colour, "linestyle": style.dash, "marker": marker,
-                "markersize": 4 if sparse else 3, "markevery": None if sparse else 0.1, "linewidth": 1.6}
+        marker = style.marker or self.markers[group.init]
+        return {"color": style.colour, "linestyle": style.dash, "marker": marker, "markerfacecolor": "none",
+                "markersize": 5 if sparse else 6, "markevery": None if sparse else 0.1, "linewidth": 1.5}
+
+    def mark_indices(self, group: Group, steps: np.ndarray) -> list[int]:
+        """Indices of a dense curve's markers: one every ``MARK_DECADES`` of log10(step), init k's
+        shifted by k / (number of inits) of that interval, so coinciding lines show each marker."""
+        positive = np.flatnonzero(steps > 0)
+        if not len(positive):
+            return []
+        logs = np.log10(steps[positive])
+        k = self.inits.index(group.init) if group.init in self.inits else 0
+        start = logs[0] + MARK_DECADES * (k + 0.5) / max(1, len(self.inits))
+        targets = np.arange(start, logs[-1], MARK_DECADES)
+        return sorted({int(positive[min(np.searchsorted(logs, t), len(logs) - 1)]) for t in targets})
 
     def legend(self, ax, groups: list[Group], note: str) -> None:
         """The legend in its own (otherwise empty) axes: colour = init and line style = optimizer,
@@ -89,9 +118,10 @@ class Styles:
 
         ax.axis("off")
         if len(self.rests) < 2:
-            handles = [Line2D([], [], color=self.colours[i], lw=3, label=i) for i in self.inits]
+            handles = [Line2D([], [], color=self.colours[i], lw=3, marker=self.markers[i], markerfacecolor="none",
+                              markersize=7, label=i) for i in self.inits]
             handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
-            title = "colour: init · line style: optimizer"
+            title = f"colour and marker: init ({COLOUR_NOTE})\nline style: optimizer"
         else:
             lines = {self.label(g): g for g in groups}
             handles = [Line2D([], [], **{k: v for k, v in self.kwargs(g).items() if k != "markevery"}, label=lab)
@@ -129,17 +159,31 @@ def log_axis(ax, values: np.ndarray, axis: str = "y") -> None:
 
 
 def save(fig, path: Path) -> Path:
-    """Save as PNG (dpi ``DPI``) and close."""
-    fig.savefig(path, dpi=DPI)
+    """Save as PNG (dpi ``DPI``) and, beside it, SVG (``path`` with each suffix of ``FORMATS``); close."""
+    for suffix in FORMATS:
+        fig.savefig(Path(path).with_suffix(f".{suffix}"), dpi=DPI)
     plt().close(fig)
     return path
 
 
+def step_axis(ax, label: str = "iteration") -> None:
+    """A log step axis that also shows step 0 (initialization): symlog, linear on [0, 1]."""
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.4)
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"{label} (log scale; 0 = initialization)")
+
+
+BAND_LABEL = "band: lowest to highest seed (min-max)"
+
+
 def seeds_note(groups: list[Group]) -> str:
-    """``n = 3 seeds per line; band: ± 1 sample sd (ddof = 1) over n seeds`` (or n = 1: no band)."""
+    """``line: mean over n = 3 seeds``, ``band: lowest to highest seed`` (or n = 1: no band).
+
+    Bands span min to max over the seeds, not mean ± sd: on a log axis mean - sd falls below 0
+    wherever one seed spikes (He, steps 20-60) and would be drawn down to the axis floor, while
+    the min-max band stays positive wherever every seed is."""
     ns = sorted({len(g.runs) for g in groups})
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}"
     if ns[-1] < 2:
         return f"{n_text} seed per line: no band"
-    return f"line: mean over {n_text} seeds\nband: mean ± 1 sample sd (ddof = 1)" + (
-        "\nn = 1: no band" if ns[0] < 2 else "")
+    return f"line: mean over {n_text} seeds\n{BAND_LABEL}" + ("\nn = 1: no band" if ns[0] < 2 else "")
