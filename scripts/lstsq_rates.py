@@ -3,8 +3,8 @@ step size, the measured loss drawn over the closed forms::
 
     python scripts/lstsq_rates.py OUT_DIR [--steps 300]
 
-Runs ``python -m initopt.train +experiment=lstsq`` twice (into OUT_DIR/optim=sgd and
-OUT_DIR/optim=momentum; a finished run is kept, not redone) with step sizes from
+Runs ``python -m initopt.train +experiment=lstsq`` twice (into OUT_DIR/sgd and
+OUT_DIR/momentum; a finished run is kept, not redone) with step sizes from
 :mod:`initopt.analytic`: GD at ``eta* = 1 / (s_max^2 + s_min^2)``, momentum (beta 0.1) at the centre
 ``1 / (2 s_max s_min)`` of its optimal interval (rate ``sqrt(1 - beta)`` there). Writes
 OUT_DIR/lstsq_rates.png and .svg and prints each run's closed-form rate beside the measured slope.
@@ -36,9 +36,11 @@ def train(out: Path, steps: int) -> list[Path]:
     """Train both runs through the framework's command line; their directories."""
     dirs = []
     for name, overrides in optimal_runs().items():
-        run_dir = out / f"optim={name}"
-        subprocess.run([sys.executable, "-m", "initopt.train", "+experiment=lstsq", *overrides, f"steps={steps}",
-                        "progress=false", f"hydra.run.dir={run_dir}"], check=True)
+        run_dir = out / name
+        done = subprocess.run([sys.executable, "-m", "initopt.train", "+experiment=lstsq", *overrides,
+                               f"steps={steps}", "progress=false", f"hydra.run.dir='{run_dir}'"])
+        if done.returncode:
+            sys.exit(f"lstsq_rates: error: training {name} failed (exit {done.returncode}); see its message above")
         dirs.append(run_dir)
     return dirs
 

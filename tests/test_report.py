@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 from conftest import read_metrics, run_cli
 
-from initopt.report import activations, figures, heatmaps
+from initopt.report import activations, figures, heatmaps, optimizers
 from initopt.report.__main__ import main as report_main
-from initopt.report.build import load
+from initopt.report.build import build, load
 from initopt.report.collect import WEIGHT_MEAN, Group, Run
 from initopt.report.stats import mean_sd, seed_stats
-from initopt.report.style import INIT_COLOURS, OPTIM_STYLES, ZERO_LABEL, Styles
+from initopt.report.style import (
+    BAND_LABEL,
+    INIT_COLOURS,
+    OPTIM_STYLES,
+    TENSORBOARD_PALETTE,
+    ZERO_LABEL,
+    Styles,
+)
 from initopt.report.tables import markdown_table, summarize, write_csv
 
 
@@ -130,13 +137,26 @@ def test_an_evaluation_at_step_0_is_drawn_with_a_marker():
     run = Run(Path("r"), {"init": "he"}, {"status": "ok"}, {"init": {"name": "he"}, "optim": {"name": "sgd"}},
               {"accuracy/test": (steps, acc), "loss/batch": (np.arange(1, 101), np.linspace(1, 0.1, 100))})
     group = Group("init=he", {"init": "he"}, [run])
-    fig = figures.training_curves([group], Styles([group]), "")
+    styles = Styles([group])
+    fig = figures.training_curves([group], styles, "")
     line = fig.axes[2].get_lines()[0]
-    assert list(line.get_xdata()) == [0, 50, 100] and line.get_marker() == "o"
-    assert fig.axes[2].get_xscale() == "linear" and fig.axes[0].get_xscale() == "log"
+    assert list(line.get_xdata()) == [0, 50, 100] and line.get_marker() == styles.markers["he"]
+    assert line.get_markevery() is None  # a marker at every evaluation
 
 
-def test_lr_sensitivity_bars_are_the_sample_sd(sweep):
+def test_accuracy_panels_share_the_log_step_axis_of_the_loss_with_step_0_shown():
+    steps, acc = np.array([0, 1, 2, 5, 10, 100]), np.linspace(0.5, 0.9, 6)
+    run = Run(Path("r"), {"init": "he"}, {"status": "ok"}, {"init": {"name": "he"}, "optim": {"name": "sgd"}},
+              {"accuracy/test": (steps, acc), "accuracy/train": (steps, acc),
+               "loss/batch": (np.arange(1, 101), np.linspace(1, 0.1, 100))})
+    group = Group("init=he", {"init": "he"}, [run])
+    fig = figures.training_curves([group], Styles([group]), "")
+    loss, train_acc, test_acc = fig.axes[:3]
+    assert {ax.get_xscale() for ax in (loss, train_acc, test_acc)} == {"symlog"}
+    assert loss.get_xlim() == test_acc.get_xlim() and test_acc.get_xlim()[0] == 0  # step 0 at the left end
+
+
+def test_lr_sensitivity_bars_span_the_lowest_to_the_highest_seed(sweep):
     sw, _ = sweep
     loaded = load(sw)
     fig = figures.lr_sensitivity(loaded.groups, "optim.lr", "")
@@ -144,13 +164,13 @@ def test_lr_sensitivity_bars_are_the_sample_sd(sweep):
     segments = bars.lines[2][0].get_segments()
     for (x, lo), (_, hi) in ((s[0], s[1]) for s in segments):
         acc = [_job(sw, "zero", f"{x:g}", s)["final"]["test_accuracy"] for s in (0, 1)]
-        assert (hi - lo) / 2 == pytest.approx(np.std(acc, ddof=1), abs=1e-12)
+        assert (lo, hi) == pytest.approx((min(acc), max(acc)), abs=1e-12)
 
 
 def test_colour_is_the_init_and_line_style_the_optimizer_in_every_figure(grid):
     fig = figures.training_curves(grid.groups, grid.styles, grid.settings.short)
     loss = fig.axes[0]
-    assert loss.get_xscale() == "log"  # the first steps, where He's spike lives, get room
+    assert loss.get_xscale() == "symlog"  # the first steps, where He's spike lives, get room
     for line, group in zip(loss.get_lines(), grid.groups):
         assert line.get_color() == INIT_COLOURS[group.init]
         assert line.get_linestyle() == OPTIM_STYLES[group.optim]
@@ -162,7 +182,7 @@ def test_colour_is_the_init_and_line_style_the_optimizer_in_every_figure(grid):
 def test_sparse_curves_have_markers_and_the_legend_has_its_own_panel(grid):
     fig = figures.training_curves(grid.groups, grid.styles, "")
     accuracy, legend_panel = fig.axes[2], fig.axes[5]
-    assert all(line.get_marker() == "o" for line in accuracy.get_lines())
+    assert [line.get_marker() for line in accuracy.get_lines()] == [grid.styles.markers[g.init] for g in grid.groups]
     assert legend_panel.get_legend() is not None and not legend_panel.get_lines()
     assert all(ax.get_legend() is None for ax in fig.axes[:5])
     assert {t.get_text() for t in legend_panel.get_legend().get_texts()} == {
@@ -279,3 +299,104 @@ def test_an_empty_folder_or_a_bad_target_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "holds no finished job to report (no job directory in it)" in err
     code, err = _exit_and_stderr([str(tmp_path), "--target-accuracy", "7"], capsys)
     assert code == 2 and "--target-accuracy=7.0 is not allowed: must be in (0, 1]" in err
+
+
+# ------------------------------------------------------------------ issue 18: bands, order, palette, text
+def _spiky_group(init: str = "he") -> Group:
+    """Three seeds of a gradient norm, one of them spiking 100x at steps 20-60 (as He's do)."""
+    steps = np.arange(1, 201)
+    runs = []
+    for seed, spike in enumerate((1.0, 1.0, 100.0)):
+        values = np.full(200, 0.1) * (1 + 0.1 * seed)
+        values[19:60] *= spike
+        runs.append(Run(Path(f"r{seed}"), {"init": init, "seed": str(seed)}, {"status": "ok"},
+                        {"init": {"name": init}, "optim": {"name": "sgd"}},
+                        {"grad_summary/mean_norm": (steps, values), "loss/batch": (steps, values)}))
+    return Group(f"init={init}", {"init": init}, runs)
+
+
+def test_bands_stay_above_zero_on_log_axes_where_mean_minus_sd_would_not():
+    group = _spiky_group()
+    stats = seed_stats(group, "grad_summary/mean_norm", log=True)
+    assert (stats.mean - stats.sd < 0).any()  # the old band would have dived to the axis floor here
+    fig = figures.training_curves([group], Styles([group]), "")
+    norm_panel = fig.axes[3]
+    assert norm_panel.get_yscale() == "log"
+    band = norm_panel.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() > 0 and band.min() == pytest.approx(0.1, rel=1e-9)  # the lowest seed, not mean - sd
+    assert band.max() == pytest.approx(12.0, rel=1e-9)  # the highest seed (1.2 x 0.1 x 100)
+    assert norm_panel.get_ylim()[0] < band.min()  # the band lies inside the axes
+    assert "lowest to highest seed" in BAND_LABEL
+
+
+def test_coinciding_lines_keep_their_own_markers_so_none_hides():
+    zero, normal = _spiky_group("zero"), _spiky_group("normal")  # the same numbers: one line on the other
+    styles = Styles([zero, normal])
+    fig = figures.training_curves([zero, normal], styles, "")
+    lines = fig.axes[0].get_lines()
+    marks = [set(line.get_markevery()) for line in lines]
+    assert marks[0] - marks[1] and marks[1] - marks[0]  # each has markers where the other has none
+    assert [line.get_marker() for line in lines] == [styles.markers["zero"], styles.markers["normal"]]
+    assert lines[0].get_markerfacecolor() == "none"  # hollow: the line beneath shows through
+
+
+def test_init_colours_are_the_ones_tensorboard_gives_the_readmes_regex_grouping():
+    # TensorBoard's regex grouping colours groups in the order their first run comes (runs sorted
+    # by name), from its default palette: init=(\w+) meets he, normal, xavier, zero in that order.
+    for k, init in enumerate(sorted(INIT_COLOURS)):
+        assert INIT_COLOURS[init] == TENSORBOARD_PALETTE[k]
+
+
+def test_every_figure_is_written_as_png_and_svg(sweep):
+    _, rep = sweep
+    pngs = sorted(rep.glob("*.png"))
+    assert len(pngs) >= 5
+    for png in pngs:
+        svg = png.with_suffix(".svg")
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()[:2000], svg
+    from matplotlib.image import imread
+
+    assert imread(rep / "training_curves.png").shape[1] >= 2000  # 15 inches at 150 dpi
+
+
+@pytest.fixture(scope="module")
+def grid_page(grid, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid_report")
+    page, _ = build(grid.path, out, 0.9)
+    return page.read_text()
+
+
+def test_the_page_names_the_steady_state_step_and_the_torch_optim_equivalent(grid_page):
+    assert "| optimizer | settings | torch.optim equivalent (lr, momentum) | steady-state step |" in grid_page
+    assert "| momentum | lr 0.1, beta 0.1, form ema, weight_decay 0 | `SGD(lr=0.01, momentum=0.9)` | 0.1 (lr) |" \
+        in grid_page
+    assert "| sgd | lr 0.1, weight_decay 0 | `SGD(lr=0.1, momentum=0)` | 0.1 (lr) |" in grid_page
+    assert "`Adam(lr=0.001, betas=(0.9, 0.999))`" in grid_page
+    assert ("SGD's steady-state step is 0.1 and momentum's (ema, beta 0.1, lr 0.1) is 0.1: torch applies "
+            "lr · beta = 0.01") in grid_page
+    assert "**Adam.** Whole-set training loss" in grid_page
+
+
+def test_the_momentum_sentence_quotes_the_measured_final_losses(grid, grid_page):
+    for key, row in optimizers.by_optimizer(grid.groups).items():
+        sgd = np.mean([r.metrics["final"]["train_loss"] for r in row["sgd"].finished])
+        mom = np.mean([r.metrics["final"]["train_loss"] for r in row["momentum"].finished])
+        assert f"init={key[0]}: SGD {sgd:.4g}, momentum {mom:.4g}" in grid_page
+
+
+def _loss_group(optim: str, values) -> Group:
+    steps = np.array([0, 1, 2, 5, 10, 20, 50, 100])
+    run = Run(Path(optim), {"optim": optim}, {"status": "ok", "final": {"train_loss": values[-1]}},
+              {"init": {"name": "he"}, "optim": {"name": optim}}, {"loss/train": (steps, np.array(values, float))})
+    return Group(f"optim={optim}", {"optim": optim}, [run])
+
+
+def test_where_adam_falls_below_both_others_is_read_from_the_data():
+    sgd = _loss_group("sgd", [0.7, 0.6, 0.5, 0.40, 0.30, 0.25, 0.20, 0.18])
+    mom = _loss_group("momentum", [0.7, 0.6, 0.5, 0.42, 0.31, 0.26, 0.21, 0.19])
+    adam = _loss_group("adam", [0.7, 0.65, 0.45, 0.41, 0.25, 0.20, 0.15, 0.10])
+    assert optimizers.first_step_below(adam, [sgd, mom]) == (2, 10)  # below at 2, above at 5, below from 10
+    late = _loss_group("adam", [0.7, 0.65, 0.55, 0.45, 0.35, 0.24, 0.19, 0.17])
+    assert optimizers.first_step_below(late, [sgd, mom]) == (20, 20)
+    text = optimizers.adam_sentence(optimizers.by_optimizer([sgd, mom, adam]))
+    assert "first below at step 2, for good from step 10" in text

@@ -1,4 +1,4 @@
-"""One look for every figure: colour by init (the colours TensorBoard gives the README's
+r"""One look for every figure: colour by init (the colours TensorBoard gives the README's
 ``init=(\w+)`` colour grouping, see ``INIT_COLOURS``; other inits after), line style by optimizer
 (sgd solid, momentum dashed, adam dotted), a hollow marker per init at staggered places (so a line
 lying exactly on another, zero's loss under normal's, still shows), or a marker and a lighter shade
