@@ -21,6 +21,7 @@ from initopt.report.stats import seed_stats
 
 TRAIN_LOSS = "loss/train"
 ALIKE = 0.15  # relative difference of final training loss below which two optimizers "train alike"
+TIE = 1e-3  # "below" means lower by more than this fraction: equal losses (zero init's ln 2) are a tie
 SHOWN_KEYS = ("lr", "beta", "form", "beta1", "beta2", "eps", "weight_decay")
 
 
@@ -87,8 +88,8 @@ def by_optimizer(groups: list[Group]) -> dict[tuple, dict[str, Group]]:
 
 
 def first_step_below(lead: Group, others: list[Group], tag: str = TRAIN_LOSS) -> tuple[int | None, int | None]:
-    """(first evaluated step > 0 where ``lead``'s mean ``tag`` is below every other group's,
-    first step from which it stays below to the end), None where never."""
+    """(first evaluated step > 0 where ``lead``'s mean ``tag`` is below every other group's by more
+    than ``TIE`` of it, first step from which it stays below to the end), None where never."""
     curves = [seed_stats(g, tag) for g in (lead, *others)]
     if any(c is None for c in curves):
         return None, None
@@ -99,7 +100,7 @@ def first_step_below(lead: Group, others: list[Group], tag: str = TRAIN_LOSS) ->
     if not len(common):
         return None, None
     at = [c.mean[np.searchsorted(c.steps, common)] for c in curves]
-    below = np.all([at[0] < other for other in at[1:]], axis=0)
+    below = np.all([at[0] < other * (1 - TIE) for other in at[1:]], axis=0)
     first = int(common[np.argmax(below)]) if below.any() else None
     if not below[-1]:
         return first, None
@@ -137,8 +138,8 @@ def momentum_sentence(rows: dict[tuple, dict[str, Group]]) -> str | None:
     worst = max(d for d in diffs if math.isfinite(d)) if any(map(math.isfinite, diffs)) else math.nan
     if equal_steps and worst < ALIKE:
         verdict = (f"At equal steady-state step momentum trains like SGD here (at most {worst:.0%} apart): on "
-                   "this well-conditioned problem averaging the gradient gains nothing; momentum pays where "
-                   "curvature differs across directions (the least-squares experiment in the README).")
+                   "this problem averaging the gradient gains nothing; momentum pays where curvature differs "
+                   "across directions (the least-squares experiment in the README).")
     elif equal_steps:
         verdict = f"At equal steady-state step they still differ by up to {worst:.0%} here."
     else:
@@ -156,7 +157,7 @@ def adam_sentence(rows: dict[tuple, dict[str, Group]]) -> str | None:
         first, stays = first_step_below(row["adam"], others)
         finals = ", ".join(f"{g.optim} {_final_train_loss(g):.4g}" for g in (row["adam"], *others))
         if first is None:
-            when = "never below " + ("both others" if len(others) > 1 else "the other")
+            when = "never below " + ("both others" if len(others) > 1 else "the other") + f" by more than {TIE:.1%}"
         elif stays == first:
             when = f"below from step {first} on"
         elif stays is None:
