@@ -398,5 +398,7 @@ def test_where_adam_falls_below_both_others_is_read_from_the_data():
     assert optimizers.first_step_below(adam, [sgd, mom]) == (2, 10)  # below at 2, above at 5, below from 10
     late = _loss_group("adam", [0.7, 0.65, 0.55, 0.45, 0.35, 0.24, 0.19, 0.17])
     assert optimizers.first_step_below(late, [sgd, mom]) == (20, 20)
+    tie = _loss_group("adam", [0.7, 0.6, 0.5, 0.3999, 0.2999, 0.2499, 0.1999, 0.1799])  # within 0.1%
+    assert optimizers.first_step_below(tie, [sgd, mom]) == (None, None)
     text = optimizers.adam_sentence(optimizers.by_optimizer([sgd, mom, adam]))
     assert "first below at step 2, for good from step 10" in text
