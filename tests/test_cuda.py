@@ -73,3 +73,22 @@ def test_the_captured_step_equals_the_eager_one_on_cuda(optim):
         results.append(training.population)
     for name in results[0].names:
         torch.testing.assert_close(results[1].params[name], results[0].params[name], rtol=1e-10, atol=1e-12)
+
+
+def test_the_compiled_step_runs_as_a_cuda_graph(capsys):
+    """compile=on equal to off also holds when nothing was captured: Inductor's counters say
+    whether it skipped CUDA graphs (mutated inputs that are not static addresses, say)."""
+    from torch._dynamo.utils import counters
+
+    from initopt import engine
+    from initopt.checks import compose_job
+    from initopt.data import load_dataset
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = compose_job(["steps=30", "eval_every=30", "optim=adam", "compile=on", "device=cuda", "act_every=0"])
+    data = load_dataset(cfg.data, torch.device("cuda"), torch.float32)
+    engine.build(cfg, data, engine.members_of(cfg, [0, 1, 2])).fit()
+    assert "falling back" not in capsys.readouterr().out
+    assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])

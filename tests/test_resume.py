@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import read_metrics, run_cli, scalar_tags
 
+from initopt.engine import checkpoint
+
 RUN = ["model.hidden=[8]", "optim=adam", "eval_every=500", "flush_every=50"]
 
 
@@ -64,7 +66,7 @@ def test_sigint_saves_a_checkpoint_and_resuming_ends_bitwise_identical(tmp_path,
     assert proc.returncode == 130, err[-2000:]
     assert "Resume with" in err and "hydra.run.dir=" in err
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    stopped_at = ckpt["loop"]["step"]
+    stopped_at = checkpoint.start_step(ckpt)
     assert 0 < stopped_at < 8000
     assert not (run_dir / "metrics.json").exists()
 

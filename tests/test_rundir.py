@@ -103,12 +103,13 @@ def test_a_checkpoint_loads_onto_the_cpu_and_resumes_into_a_population_on_its_de
 
     saved = []
     first.fit(stop_requested=stop, save_checkpoint=lambda st: saved.append(
-        checkpoint.save(tmp_path / "c.pt", ["fp"], first.population, first.optimizer, st, members=[1])))
+        checkpoint.save(tmp_path / "c.pt", ["fp"], first, members=[1])))
     payload = checkpoint.load(tmp_path / "c.pt", ["fp"])
-    tensors = [payload["torch_rng"], *payload["loop"]["sampler"]["generators"], *payload["population"].values()]
+    member = payload["members"][0]
+    tensors = [payload["torch_rng"], member["sampler"]["generator"], *member["params"].values()]
     assert all(t.device.type == "cpu" for t in tensors)
     resumed = engine.build(cfg, data, engine.members_of(cfg, [1]))
-    checkpoint.restore(payload, resumed.population, resumed.optimizer, resumed.state, members=[0])
+    checkpoint.restore(payload, resumed, members=[0])
     assert resumed.state.step == 13
     resumed.fit()
     for name, tensor in resumed.population.member_state_dict(0).items():  # K = 1 vs 2: batched rounding

@@ -359,15 +359,16 @@ class BatchSampler:
         self._pos += self.batch_size
         return idx
 
-    def state_dict(self, members: list[int]) -> dict:
-        """The given members' generators and permutations (the position is common to all)."""
-        return {"generators": [self.generators[k].get_state() for k in members],
-                "order": self._order[members].cpu(), "pos": self._pos}
+    def member_state(self, k: int) -> dict:
+        """Member ``k``'s sampler on its own: generator state, this epoch's order, position in it."""
+        return {"generator": self.generators[k].get_state(), "order": self._order[k].cpu().clone(),
+                "position": self._pos}
 
-    def load_state_dict(self, state: dict, members: list[int]) -> None:
-        """Generator states stay on the CPU, whatever device the checkpoint was loaded to."""
-        for k, s in zip(members, state["generators"]):
-            self.generators[k].set_state(s.cpu())
-        order = self._order.clone()
-        order[members] = state["order"].to(self.device)
-        self._order, self._pos = order, state["pos"]
+    def load_member_state(self, k: int, state: dict) -> None:
+        """Slot ``k`` <- a member's sampler. Members of one population draw in lockstep, so they
+        share a position: loading a member sets it (the population checks that its members'
+        steps agree). Generator states stay on the CPU, whatever device the state was loaded to."""
+        self.generators[k].set_state(state["generator"].cpu())
+        order = self._order.clone()  # fresh: a broadcast view
+        order[k] = state["order"].to(self.device)
+        self._order, self._pos = order, state["position"]

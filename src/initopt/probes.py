@@ -2,10 +2,10 @@
 
 A recorded step stores, for each member k of a population of K,
 ``[||g_k1||_2, ..., ||g_kP||_2, loss_k]``: the L2 norm of the gradient of each parameter tensor
-(weight and bias per layer) and the mini-batch loss, into row ``slot`` of a device buffer
-``(capacity, K, P + 1)``; ``slot`` is a device counter, so recording needs no host sync and the
-step can be captured. :meth:`StepRecorder.drain` copies the filled rows to the host once. The
-summaries are derived on the host, per member:
+(weight and bias per layer, accumulated in float64) and the mini-batch loss, into a row of a
+device buffer ``(capacity, K, P + 1)`` (at a device-side slot in the capturable step, so
+recording needs no host sync and the step can be captured). :meth:`StepRecorder.drain` copies
+the filled rows to the host once. The summaries are derived on the host, per member:
 
 * mean gradient norm (the homework's):  (1/P) sum_p ||g_p||_2
 * global gradient norm:                 sqrt(sum_p ||g_p||_2^2)
@@ -16,6 +16,7 @@ drained together (the flush window): the smoothed gradient norm.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,30 @@ import torch
 
 
 def member_grad_norms(grads: list[torch.Tensor]) -> torch.Tensor:
-    """``(K, P)``: ||g_kp||_2 for member k and parameter tensor p (grads stacked ``(K, *shape)``)."""
+    """``(K, P)`` float64: ||g_kp||_2 for member k and parameter tensor p (grads stacked ``(K, *shape)``).
+
+    Accumulated in float64, so finite float32 gradients never give an infinite norm (in float32
+    the squares overflow from entries of ~1e19). K = 1: one ``torch._foreach_norm`` call.
+    """
     k = grads[0].shape[0]
-    return torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads], dim=1)
+    if k == 1:
+        return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).unsqueeze(0)
+    return torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1, dtype=torch.float64) for g in grads],
+                       dim=1)
+
+
+def all_finite_witness(grads: list[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor, finite exactly when every gradient entry and every loss is: the largest
+    absolute value (``torch._foreach_norm`` with ord inf: NaN and inf propagate, finite values
+    cannot overflow). One reduction over all members; :func:`finite_members` says which."""
+    return torch.stack(torch._foreach_norm([*grads, losses], math.inf)).amax()
+
+
+def finite_members(grads: list[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` bool: member k's loss and every entry of its gradients are finite."""
+    k = losses.shape[0]
+    per_tensor = torch.stack([torch.isfinite(g.reshape(k, -1)).all(dim=1) for g in grads], dim=1)
+    return per_tensor.all(dim=1) & torch.isfinite(losses)
 
 
 @dataclass
@@ -72,18 +94,28 @@ class PopulationRecords:
 
 
 class StepRecorder:
-    """Device buffer of per-step rows; the step writes at a device-side slot, the host drains."""
+    """Device buffer of per-step rows (float64: the norms are computed in float64); the step
+    writes a row, the host drains. The eager step writes at the host's row
+    (:meth:`write_at_host_slot`), the capturable one at a device-side slot (:meth:`write`)."""
 
-    def __init__(self, k: int, n_params: int, capacity: int, device: torch.device, dtype: torch.dtype):
-        self.rows = torch.zeros(capacity, k, n_params + 1, device=device, dtype=dtype)
+    def __init__(self, k: int, n_params: int, capacity: int, device: torch.device):
+        self.rows = torch.zeros(capacity, k, n_params + 1, device=device, dtype=torch.float64)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.steps: list[int] = []
         self.times: list[float] = []
 
     def write(self, norms: torch.Tensor, losses: torch.Tensor) -> None:
-        """Inside the step: row ``slot`` <- [norms | loss] for every member; ``slot += 1``."""
+        """Inside the capturable step: row ``slot`` <- [norms | loss] for every member; ``slot += 1``."""
         self.rows.index_copy_(0, self.slot, torch.cat([norms, losses.unsqueeze(1)], dim=1).unsqueeze(0))
         self.slot.add_(1)
+
+    def write_at_host_slot(self, norms: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """Eager: the next row (the host counts rows) <- [norms | loss]; returns the row's sum, a
+        0-d tensor that is finite when every gradient entry and loss is (float64 norms of finite
+        float32 values cannot overflow; an infinite sum sends the step to :func:`finite_members`)."""
+        row = self.rows[len(self.steps)]
+        torch.cat([norms, losses.unsqueeze(1)], dim=1, out=row)
+        return row.sum()
 
     def mark(self, step: int, walltime: float) -> None:
         """On the host, after a recording step: which step the row belongs to."""

@@ -40,6 +40,21 @@ class Training:
         return fit(self.population, self.optimizer, self.data, self.schedule, self.state, sinks, progress,
                    stop_requested, save_checkpoint, self.compile)
 
+    def member_state(self, k: int) -> dict:
+        """Member k's state, complete on its own (on the CPU): ``params`` (a plain model's
+        ``state_dict``), ``optimizer`` (the full state of its family), ``step``,
+        ``diverged_step`` (None while it trains), ``wall_time_s``, ``history`` and ``sampler``
+        (generator, order, position). It loads into any population of the same shapes and
+        optimizer family, whatever its other members (:meth:`load_member_state`)."""
+        return {"params": self.population.member_state_dict(k), "optimizer": self.optimizer.member_state(k),
+                **self.state.member_state(k)}
+
+    def load_member_state(self, k: int, member: dict) -> None:
+        """Slot k <- a member state from any population, or a single run."""
+        self.population.load_member_state_dict(k, member["params"])
+        self.optimizer.load_member_state(k, member["optimizer"])
+        self.state.load_member_state(k, member)
+
 
 def members_of(cfg: DictConfig, seeds: list[int]) -> list[Member]:
     """The members of one config with these seeds (its replicas)."""

@@ -1,9 +1,16 @@
-"""Checkpoints of a population: save atomically, load onto any device.
+"""Checkpoints of members: save atomically, load onto any device, restore into any population.
 
-A checkpoint holds the stacked parameters, the optimizer state, the loop state (step, batch
-samplers, evaluation histories, diverged members, wall time), torch's CPU RNG state and the
-fingerprints of the members' configs. It is written to a temp file and renamed (a reader never
-sees half a file) and loads with ``torch.load(weights_only=True)``.
+A checkpoint holds member states (:meth:`initopt.engine.Training.member_state`), each complete
+on its own: parameters, the full optimizer state of its family, its step, ``diverged_step``
+(None while it trains), wall time, evaluation history and sampler (generator, order,
+position); beside them torch's CPU RNG state and the fingerprints of the members' configs. So
+a member checkpointed in one population resumes alone, in a population of another size or
+composition, or under another launcher. It is written to a temp file and renamed (a reader
+never sees half a file) and loads with ``torch.load(weights_only=True)``.
+
+Format 3 (this one): a list of member states. Format 2 held the population's slices (the
+optimizer state of the population's kind: no momentum buffer unless some member used momentum,
+one Adam step count shared by all) and ``-1`` for "not diverged"; it is refused in one line.
 
 Loading always maps to the CPU first: generator and RNG states must stay CPU ``ByteTensor``s;
 parameters and optimizer tensors are then copied into the run's device tensors.
@@ -19,18 +26,15 @@ import torch
 
 from initopt.config import ConfigError, load_error_cause
 
-FORMAT = 2
+FORMAT = 3
 
 
-def save(path: Path, fingerprints: list[str], population, optimizer, loop_state, members: list[int]) -> None:
-    """The given members' slices of the population (one file per run directory): a member's
-    checkpoint resumes it in any population, or alone."""
+def save(path: Path, fingerprints: list[str], training, members: list[int]) -> None:
+    """The given members' states (one file per run directory: usually one member)."""
     payload = {
         "format": FORMAT,
         "fingerprints": fingerprints,
-        "population": population.state_dict(members),
-        "optimizer": optimizer.state_dict(members),
-        "loop": loop_state.state_dict(members),
+        "members": [training.member_state(k) for k in members],
         "torch_rng": torch.get_rng_state(),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -40,8 +44,8 @@ def save(path: Path, fingerprints: list[str], population, optimizer, loop_state,
 
 def load(path: Path, fingerprints: list[str]) -> dict:
     """The checkpoint's contents, on the CPU whatever device wrote it (:func:`restore` moves the
-    tensors that belong on the run's device); a one-line :class:`ConfigError` if it is corrupt
-    or another run's."""
+    tensors that belong on the run's device); a one-line :class:`ConfigError` if it is corrupt,
+    of an older format or another run's."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -49,7 +53,11 @@ def load(path: Path, fingerprints: list[str]) -> dict:
     except Exception as err:  # truncated, not a torch file, content that weights_only refuses
         raise ConfigError("checkpoint", str(path),
                           f"unreadable ({load_error_cause(err)}); delete it to start over") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(version, int) and version < FORMAT:
+        raise ConfigError("checkpoint", str(path), f"written by an older initopt (format {version}, this one "
+                          f"reads {FORMAT}); delete it to start over")
+    if version != FORMAT:
         raise ConfigError("checkpoint", str(path), "not an initopt checkpoint of this version; "
                           "delete it to start over")
     if payload.get("fingerprints") != fingerprints:
@@ -58,10 +66,14 @@ def load(path: Path, fingerprints: list[str]) -> dict:
     return payload
 
 
-def restore(payload: dict, population, optimizer, loop_state, members: list[int]) -> None:
-    """A checkpoint's members into slots ``members`` of the population's device tensors; generator
-    and RNG states stay on the CPU."""
-    population.load_state_dict(payload["population"], members)
-    optimizer.load_state_dict(payload["optimizer"], members)
-    loop_state.load_state_dict(payload["loop"], members)
+def start_step(payload: dict) -> int:
+    """The step a checkpoint's members resume after."""
+    return int(payload["members"][0]["step"])
+
+
+def restore(payload: dict, training, members: list[int]) -> None:
+    """A checkpoint's members into slots ``members`` of the population (any population of the
+    same shapes and optimizer family); generator and RNG states stay on the CPU."""
+    for k, member in zip(members, payload["members"], strict=True):
+        training.load_member_state(k, member)
     torch.set_rng_state(payload["torch_rng"].cpu())

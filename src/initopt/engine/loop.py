@@ -58,13 +58,19 @@ class Schedule:
 
 @dataclass
 class LoopState:
-    """Everything besides parameters and optimizer state that a resumed population needs."""
+    """Everything besides parameters and optimizer state that a resumed population needs.
+
+    ``diverged[k]`` is member k's ``diverged_step``: None while it trains, else the step whose
+    loss, gradient or evaluation was first non-finite (0: its evaluation at initialization).
+    The population's device mask ``alive`` mirrors it during a pass of the loop.
+    """
 
     sampler: BatchSampler
     step: int = 0
     histories: list[list[tuple[int, dict[str, float]]]] = field(default_factory=list)
     diverged: list[int | None] = field(default_factory=list)
     wall_time_s: float = 0.0
+    restored: bool = False  # a member state was loaded: the step is theirs
 
     @classmethod
     def fresh(cls, data: Dataset, batch_size: int, seeds: list[int]) -> LoopState:
@@ -75,19 +81,21 @@ class LoopState:
     def active(self) -> np.ndarray:
         return np.array([d is None for d in self.diverged])
 
-    def state_dict(self, members: list[int]) -> dict:
-        """The given members' share of the state (step and wall time are common to all)."""
-        return {"sampler": self.sampler.state_dict(members), "step": self.step,
-                "histories": [[[s, m] for s, m in self.histories[k]] for k in members],
-                "diverged": [-1 if self.diverged[k] is None else self.diverged[k] for k in members],
-                "wall_time_s": self.wall_time_s}
+    def member_state(self, k: int) -> dict:
+        """Member k's share: its step, diverged_step, wall time, history and sampler."""
+        return {"step": self.step, "diverged_step": self.diverged[k], "wall_time_s": self.wall_time_s,
+                "history": [[s, m] for s, m in self.histories[k]], "sampler": self.sampler.member_state(k)}
 
-    def load_state_dict(self, state: dict, members: list[int]) -> None:
-        self.sampler.load_state_dict(state["sampler"], members)
-        self.step, self.wall_time_s = state["step"], state["wall_time_s"]
-        for k, history, diverged in zip(members, state["histories"], state["diverged"]):
-            self.histories[k] = [(s, dict(m)) for s, m in history]
-            self.diverged[k] = None if diverged == -1 else diverged
+    def load_member_state(self, k: int, state: dict) -> None:
+        """Slot k <- a member's share; the members of one population must be at one step."""
+        if self.restored and state["step"] != self.step:
+            raise ValueError(f"a population trains its members in lockstep: a member at step {state['step']} "
+                             f"cannot join members at step {self.step}")
+        self.sampler.load_member_state(k, state["sampler"])
+        self.step, self.restored = state["step"], True
+        self.wall_time_s = max(self.wall_time_s, state["wall_time_s"])
+        self.histories[k] = [(s, dict(m)) for s, m in state["history"]]
+        self.diverged[k] = state["diverged_step"]
 
 
 @dataclass
@@ -130,17 +138,22 @@ class _Run:
         self.pop, self.data, self.schedule, self.state = population, data, schedule, state
         self.sinks, self.save_checkpoint = sinks, save_checkpoint
         device, dtype, k = population.device, data.x_train.dtype, population.k
-        self.recorder = StepRecorder(k, len(population.names), schedule.flush_every, device, dtype) \
+        self.recorder = StepRecorder(k, len(population.names), schedule.flush_every, device) \
             if schedule.log_every else None
         self.acts = ActivationRecorder(population.activation_names, k, schedule.flush_every + 1, device, dtype) \
             if schedule.act_every and population.records_activations else None
-        functional = compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda")
-        self.step = TrainStep(population, optimizer, data.num_classes, self.recorder, self.acts, functional)
-        self.step_fn = compiled(self.step, compile_mode, device)
+        self.step = TrainStep(population, optimizer, data.num_classes, self.recorder, self.acts)
         self.params = ParamStatsRecorder(population.tensors(), k, schedule.param_every, schedule.hist_every) \
             if sinks is not None and (schedule.param_every or schedule.hist_every) else None
-        self.step.step_t.fill_(state.step)
-        self.step.diverged_at.copy_(torch.tensor([d or 0 for d in state.diverged], device=device))
+        population.alive.copy_(torch.as_tensor(state.active, device=device))
+        optimizer.set_alive(population.alive)
+        self.step.all_alive = bool(state.active.all())
+        self.step.member_steps.fill_(state.step)
+        self.step_fn = compiled(self.step, compile_mode, device)
+
+    def mark_diverged(self, members: list[int], step: int) -> None:
+        for k in members:
+            self.state.diverged[k] = step
 
     def record_initial_activations(self) -> None:
         """Step 0: activation statistics at initialization, on up to 1024 training examples."""
@@ -151,11 +164,13 @@ class _Run:
             self.acts.write(0, stats)
 
     def flush(self) -> None:
-        """Records to the host once; mark members whose step went non-finite; hand to the sinks."""
-        diverged_at = self.step.diverged_at.tolist()
-        for k, at in enumerate(diverged_at):
-            if at and self.state.diverged[k] is None:
-                self.state.diverged[k] = at
+        """Records to the host once; mark members the capturable step froze (their step count
+        says where); hand to the sinks."""
+        if not self.step.all_alive or self.step_fn != self.step.eager:
+            alive, steps = self.pop.alive.tolist(), self.step.member_steps.tolist()
+            for k, (live, at) in enumerate(zip(alive, steps)):
+                if not live and self.state.diverged[k] is None:
+                    self.state.diverged[k] = at + 1
         if self.recorder is not None and self.recorder.steps:
             records = self.recorder.drain()
             if self.sinks is not None:
@@ -176,7 +191,7 @@ class _Run:
                 self.state.histories[k].append((step, dict(zip(METRIC_KEYS, table[k].tolist()))))
             else:
                 self.state.diverged[k] = step
-                self.step.diverged_at[k] = step
+                self.step.freeze([int(k)])
         if self.sinks is not None:
             self.sinks.write_eval(step, table, self.state.diverged)
 
@@ -214,6 +229,8 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
         if run.params is not None:
             run.params.before_step(step)
         stats = run.step_fn(x, y, record, with_acts)
+        if run.step.newly_diverged:
+            run.mark_diverged(run.step.newly_diverged, step)
         if run.params is not None:
             run.params.after_step(step, run.step.last_grads)
         if record:

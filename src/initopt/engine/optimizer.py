@@ -1,9 +1,10 @@
 """The optimizers of a population, with per-member hyperparameters as tensors.
 
 Every hyperparameter is a ``(K,)`` tensor (one value per member), broadcast over each stacked
-parameter ``(K, *shape)``, so members with different learning rates, momenta or Adam betas step
-together in ``torch._foreach_*`` kernels, with no host synchronisation (capturable). Each update
-is ``torch.optim``'s, member by member (the tests compare them in float64):
+parameter ``(K, *shape)`` through views built once, so members with different learning rates,
+momenta or Adam betas step together in ``torch._foreach_*`` kernels, with no host
+synchronisation (capturable). Each update is ``torch.optim``'s, member by member (the tests
+compare them in float64):
 
 * family ``sgd`` covers plain SGD and both momentum forms (``initopt.optim``)::
 
@@ -11,13 +12,21 @@ is ``torch.optim``'s, member by member (the tests compare them in float64):
 
   with (lr, mu) = (lr, 0) for ``sgd``, (lr beta, 1 - beta) for EMA momentum (homework eq. 6) and
   (lr, 1 - beta) for heavy ball: exactly ``torch.optim.SGD(lr, momentum=mu, weight_decay=wd)``.
-* family ``adam``, ``torch.optim.Adam``::
+* family ``adam``, ``torch.optim.Adam``, with each member's own step count t::
 
       g <- g + wd w ;  m <- m + (1 - b1)(g - m) ;  v <- b2 v + (1 - b2) g^2 ;  t <- t + 1
       w <- w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-A member that is no longer active (it diverged) gets a zero gradient and a zero step: its
-weights stay as they were before the step that went non-finite.
+**State.** Each member's state is complete on its own (:meth:`member_state`): the SGD family
+always has a momentum buffer (zero for a member whose momentum is 0, as ``torch.optim.SGD``
+without momentum has none), Adam has ``exp_avg``, ``exp_avg_sq`` and the member's own ``step``.
+
+**Frozen members.** A member that is no longer alive (it diverged) does not move, and neither
+does its optimizer state: its coefficients are the neutral ones (lr 0, momentum 1, weight decay
+0, Adam's 1 - b1 0, b2 1, 1 - b2 0, step increment 0) and its gradient is masked to zero.
+:meth:`set_alive` writes those coefficients into buffers allocated once (the views over them
+stay valid); :meth:`step` (every member alive, nothing masked) and :meth:`masked_step` (a
+``(K,)`` alive mask) are the two updates.
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ from omegaconf import DictConfig
 from initopt.optim import momentum_sgd_arguments
 
 FAMILIES = ("sgd", "adam")
+# What a frozen member's coefficient is, per coefficient (see module doc).
+_NEUTRAL = {"neg_lr": 0.0, "momentum": 1.0, "weight_decay": 0.0, "one_minus_beta1": 0.0, "beta2": 1.0,
+            "one_minus_beta2": 0.0, "eps": 1.0, "increment": 0.0}
 
 
 def family_of(optim_cfg: DictConfig) -> str:
@@ -51,9 +63,21 @@ def member_hyperparameters(optim_cfgs: list[DictConfig]) -> dict[str, list[float
     return {"lr": lrs, "momentum": mus, "weight_decay": [float(o.weight_decay) for o in optim_cfgs]}
 
 
-def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``(K,)`` -> ``(K, 1, ..., 1)``, broadcastable over a stacked parameter."""
+def per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` -> ``(K, 1, ..., 1)``, a view broadcastable over a stacked parameter."""
     return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _coefficients(family: str, hyper: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-member coefficients the update multiplies by, for live members."""
+    coef = {"neg_lr": -hyper["lr"], "weight_decay": hyper["weight_decay"].clone()}
+    if family == "sgd":
+        coef["momentum"] = hyper["momentum"].clone()
+    else:
+        coef.update(one_minus_beta1=1 - hyper["beta1"], beta2=hyper["beta2"].clone(),
+                    one_minus_beta2=1 - hyper["beta2"], eps=hyper["eps"].clone(),
+                    increment=torch.ones_like(hyper["lr"]))
+    return coef
 
 
 class PopulationOptimizer:
@@ -65,70 +89,109 @@ class PopulationOptimizer:
         self.params, self.family = params, family
         like = params[0]
         self.hyper = {k: torch.tensor(v, dtype=like.dtype, device=like.device) for k, v in hyper.items()}
-        self._views = {k: [_per_member(v, p) for p in params] for k, v in self.hyper.items()}
         self.uses_weight_decay = any(v != 0 for v in hyper["weight_decay"])
         self.uses_momentum = family == "sgd" and any(v != 0 for v in hyper["momentum"])
+        self._live = _coefficients(family, self.hyper)  # the coefficients of live members, kept
+        self.coef = {k: v.clone() for k, v in self._live.items()}  # what the update uses (set_alive)
+        self._neutral = {k: torch.full_like(v, _NEUTRAL[k]) for k, v in self._live.items()}
+        self._views = {k: [per_member(v, p) for p in params] for k, v in self.coef.items()}
         self.state: dict[str, list[torch.Tensor] | torch.Tensor] = {}
-        if self.uses_momentum:
+        if family == "sgd":
             self.state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
-        if family == "adam":
+        else:
             self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
             self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
-            self.state["step"] = torch.zeros((), dtype=like.dtype, device=like.device)
+            self.state["step"] = torch.zeros(len(hyper["lr"]), dtype=like.dtype, device=like.device)
+            # bias corrections, recomputed in place each step (their views are built once)
+            self._step_size = torch.zeros_like(self.state["step"])
+            self._bias2_sqrt = torch.zeros_like(self.state["step"])
+            self._views["step_size"] = [per_member(self._step_size, p) for p in params]
+            self._views["bias2_sqrt"] = [per_member(self._bias2_sqrt, p) for p in params]
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the update mutates or reads across steps (static addresses for capture)."""
+        tensors = [*self.coef.values()]
+        for value in self.state.values():
+            tensors += [value] if torch.is_tensor(value) else value
+        if self.family == "adam":
+            tensors += [self._step_size, self._bias2_sqrt]
+        return tensors
 
     @torch.no_grad()
-    def step(self, grads: list[torch.Tensor], active: torch.Tensor) -> None:
-        """One update of every member; ``active`` ``(K,)`` bool: inactive members do not move."""
-        grads = [torch.where(_per_member(active, g), g, 0) for g in grads]
-        if self.uses_weight_decay:
-            torch._foreach_addcmul_(grads, self.params, self._views["weight_decay"])
-        gate = active.to(self.params[0].dtype)
-        if self.family == "sgd":
-            self._sgd(grads, gate)
-        else:
-            self._adam(grads, gate)
+    def set_alive(self, alive: torch.Tensor) -> None:
+        """The coefficients for this ``(K,)`` alive mask, written in place (no host sync)."""
+        for key, coef in self.coef.items():
+            torch.where(alive, self._live[key], self._neutral[key], out=coef)
 
-    def _sgd(self, grads: list[torch.Tensor], gate: torch.Tensor) -> None:
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        """One update of every member, its gradients all finite (the eager path while all live)."""
+        if self.uses_weight_decay:
+            grads = torch._foreach_add(grads, torch._foreach_mul(self.params, self._views["weight_decay"]))
+        if self.family == "sgd":
+            self._sgd(grads)
+        else:
+            self._adam(grads)
+
+    @torch.no_grad()
+    def masked_step(self, grads: list[torch.Tensor], alive: torch.Tensor) -> None:
+        """One update; members not ``alive`` ``(K,)`` keep weights and state (after :meth:`set_alive`)."""
+        self.step([torch.where(per_member(alive, g), g, 0) for g in grads])
+
+    def _sgd(self, grads: list[torch.Tensor]) -> None:
         direction = grads
         if self.uses_momentum:
             bufs = self.state["momentum_buffer"]
             torch._foreach_mul_(bufs, self._views["momentum"])
             torch._foreach_add_(bufs, grads)
             direction = bufs
-        neg_lr = -self.hyper["lr"] * gate  # (K,), once; broadcast to each tensor as a view
-        scale = [_per_member(neg_lr, p) for p in self.params]
-        torch._foreach_add_(self.params, torch._foreach_mul(direction, scale))
+        torch._foreach_addcmul_(self.params, direction, self._views["neg_lr"])
 
-    def _adam(self, grads: list[torch.Tensor], gate: torch.Tensor) -> None:
-        h, m, v = self.hyper, self.state["exp_avg"], self.state["exp_avg_sq"]
-        self.state["step"].add_(1)
-        t = self.state["step"]
-        torch._foreach_lerp_(m, grads, [1 - b for b in self._views["beta1"]])
+    def _adam(self, grads: list[torch.Tensor]) -> None:
+        c, m, v, t = self.coef, self.state["exp_avg"], self.state["exp_avg_sq"], self.state["step"]
+        t.add_(c["increment"])
+        # step_size = -lr / (1 - b1^t), bias2_sqrt = sqrt(1 - b2^t); t >= 1 keeps a frozen member's
+        # (never stepped) corrections finite; its lr is 0
+        t1 = t.clamp_min(1)
+        torch.pow(self.hyper["beta1"], t1, out=self._step_size)
+        torch.div(c["neg_lr"], self._step_size.neg_().add_(1), out=self._step_size)
+        torch.pow(self.hyper["beta2"], t1, out=self._bias2_sqrt)
+        self._bias2_sqrt.neg_().add_(1).sqrt_()
+        torch._foreach_lerp_(m, grads, self._views["one_minus_beta1"])
         torch._foreach_mul_(v, self._views["beta2"])
-        torch._foreach_addcmul_(v, grads, torch._foreach_mul(grads, [1 - b for b in self._views["beta2"]]))
-        step_size = -h["lr"] / (1 - h["beta1"] ** t) * gate
-        bias2_sqrt = torch.sqrt(1 - h["beta2"] ** t)
+        torch._foreach_addcmul_(v, grads, torch._foreach_mul(grads, self._views["one_minus_beta2"]))
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [_per_member(bias2_sqrt, p) for p in self.params])
+        torch._foreach_div_(denom, self._views["bias2_sqrt"])
         torch._foreach_add_(denom, self._views["eps"])
         update = torch._foreach_div(m, denom)
-        torch._foreach_mul_(update, [_per_member(step_size, p) for p in self.params])
-        torch._foreach_add_(self.params, update)
+        torch._foreach_addcmul_(self.params, update, self._views["step_size"])
 
-    def state_dict(self, members: list[int]) -> dict:
-        """The given members' slices of the state (the shared Adam step count whole), on the CPU."""
-        return {"family": self.family,
-                "state": {k: v.cpu() if torch.is_tensor(v) else [t[members].cpu() for t in v]
-                          for k, v in self.state.items()}}
+    # ------------------------------------------------------------------ member states
+    def member_state(self, k: int) -> dict:
+        """Member ``k``'s optimizer state, complete on its own, on the CPU (see module doc)."""
+        state: dict = {"family": self.family}
+        if self.family == "sgd":
+            moving = float(self.hyper["momentum"][k]) != 0
+            state["momentum_buffer"] = [b[k].cpu().clone() if moving else torch.zeros_like(b[k], device="cpu")
+                                        for b in self.state["momentum_buffer"]]
+        else:
+            state["exp_avg"] = [t[k].cpu().clone() for t in self.state["exp_avg"]]
+            state["exp_avg_sq"] = [t[k].cpu().clone() for t in self.state["exp_avg_sq"]]
+            state["step"] = float(self.state["step"][k])
+        return state
 
     @torch.no_grad()
-    def load_state_dict(self, payload: dict, members: list[int]) -> None:
-        if payload["family"] != self.family or payload["state"].keys() != self.state.keys():
-            raise ValueError("the checkpoint's optimizer state is of another kind")
-        for key, saved in payload["state"].items():
+    def load_member_state(self, k: int, state: dict) -> None:
+        """Slot ``k`` <- a member's optimizer state (from any population, or a single run)."""
+        if state["family"] != self.family:
+            raise ValueError(f"the member's optimizer state is of family {state['family']!r}, "
+                             f"this population's is {self.family!r}")
+        for key, value in state.items():
+            if key == "family":
+                continue
             target = self.state[key]
             if torch.is_tensor(target):
-                target.copy_(saved)
+                target[k] = value
             else:
-                for t, s in zip(target, saved):
-                    t[members] = s.to(t.device)
+                for t, saved in zip(target, value):
+                    t[k] = saved.to(t.device)

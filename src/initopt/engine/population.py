@@ -63,7 +63,13 @@ def forward_mode(mode: str, model: nn.Module, batch_size: int) -> str:
 
 
 class Population:
-    """K models of one architecture as stacked tensors ``params[name]`` of shape ``(K, *shape)``."""
+    """K models of one architecture as stacked tensors ``params[name]`` of shape ``(K, *shape)``.
+
+    ``params`` are plain tensors, updated in place by the optimizer; ``leaves`` are the same
+    storage as autograd leaves (``requires_grad``), made once, for the eager step's backward
+    pass. ``alive`` ``(K,)`` bool, on the device: the members still training (a diverged member
+    is frozen; the host keeps its ``diverged_step``).
+    """
 
     def __init__(self, models: list[nn.Module], members: list[Member], device: torch.device,
                  batched_mlp: bool = True):
@@ -72,6 +78,8 @@ class Population:
         self.names = [n for n, _ in models[0].named_parameters()]
         self.params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device)
                        for n in self.names}
+        self.leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
+        self.alive = torch.ones(self.k, dtype=torch.bool, device=device)
         self._base = copy.deepcopy(models[0]).to("meta")
         self._layers = _mlp_layers(self._base) if batched_mlp and isinstance(self._base, MLP) else None
         self.activation_names = [n for n, _ in self._base.activation_layers()] \
@@ -114,16 +122,13 @@ class Population:
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s weights as a plain model's ``state_dict`` (on the CPU)."""
-        return {n: self.params[n][k].detach().cpu().clone() for n in self.names}
-
-    def state_dict(self, members: list[int]) -> dict[str, torch.Tensor]:
-        """The given members' slices ``(len(members), *shape)``, on the CPU."""
-        return {n: p.detach()[members].cpu() for n, p in self.params.items()}
+        return {n: self.params[n][k].cpu().clone() for n in self.names}
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor], members: list[int]) -> None:
+    def load_member_state_dict(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        """Slot ``k`` <- a plain model's ``state_dict`` (a member's weights from anywhere)."""
         for n, p in self.params.items():
-            p[members] = state[n].to(p.device)
+            p[k] = state[n].to(p.device)
 
 
 def _mlp_layers(base: MLP) -> list[tuple[str, bool, nn.Module | None]]:

@@ -1,45 +1,57 @@
-"""One training step of every member of a population, with no host synchronisation.
+"""One training step of every member of a population: a lean eager step and a capturable one.
 
 step t, for each member k with batch (x_k, y_k):
 
     L_k = mean loss of f(w_k; x_k) against y_k     (L = sum_k L_k, so dL/dw_k = dL_k/dw_k)
-    g_k = dL_k / dw_k                               (torch.func.grad_and_value over the stacked params)
-    record [||g_kp||_2 for each tensor p, L_k] at a device-side slot
-    diverged_at_k <- t  if member k was active and L_k or a norm is non-finite
-    w_k <- optimizer update, for members still active (the others stay where they were)
+    g_k = dL_k / dw_k
+    record [||g_kp||_2 for each tensor p, L_k] when the step is recorded
+    member k diverges at step t if L_k or an entry of g_k is not finite (the values themselves
+    are tested, never a norm that can overflow): it is frozen, weights and optimizer state as
+    they were after step t - 1
+    w_k <- optimizer update, for members still alive
 
-Shapes are static (the batch is gathered into buffers allocated once by device-side indices)
-and nothing reads a value back to the host, so the function compiles whole with
-``torch.compile(fullgraph=True)`` and can be captured as a CUDA graph; divergence is read
-back only at flush time (:class:`initopt.engine.loop`).
+Two implementations of the same arithmetic (as ``torch.optim`` keeps a ``capturable`` one):
+
+* **eager** (:meth:`TrainStep.eager`, the CPU default): ``torch.autograd.grad`` on leaves made
+  once; one finiteness number read back per step (free on the CPU) and a branch on the host:
+  while every member is alive, no masking at all; after a divergence, the masked update.
+  Gradient norms only on recorded steps.
+* **capturable** (:meth:`TrainStep.__call__`, for ``torch.compile``): branchless, no host
+  sync, static shapes (the batch is gathered into buffers allocated once): ``alive`` is updated
+  on the device, the update always masked, each member's step count kept on the device (the
+  host derives where a member diverged from it at flush time). It compiles whole with
+  ``torch.compile(fullgraph=True)``; the state it mutates is marked as static addresses so
+  ``mode="reduce-overhead"`` captures it as a CUDA graph.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.func import grad_and_value
 
 from initopt.engine.optimizer import PopulationOptimizer
 from initopt.engine.population import Population, member_losses
-from initopt.probes import ActivationRecorder, StepRecorder, member_grad_norms
+from initopt.probes import ActivationRecorder, StepRecorder, all_finite_witness, finite_members, member_grad_norms
 
 
 class TrainStep:
-    """The step function and the device state it updates (batch buffers, divergence, records)."""
+    """The step functions and the device state they update (batch buffers, alive, records)."""
 
     def __init__(self, population: Population, optimizer: PopulationOptimizer, num_classes: int,
-                 recorder: StepRecorder | None, activations: ActivationRecorder | None, functional: bool = False):
+                 recorder: StepRecorder | None, activations: ActivationRecorder | None):
         self.population, self.optimizer, self.num_classes = population, optimizer, num_classes
         self.recorder, self.activations = recorder, activations
-        device, k = population.device, population.k
-        self.step_t = torch.zeros((), dtype=torch.long, device=device)
-        self.diverged_at = torch.zeros(k, dtype=torch.long, device=device)  # 0 = still active
-        # Eager: plain autograd (torch.func's transforms cost ~10x the toy step in Python);
-        # to be compiled whole: torch.func.grad_and_value, which Dynamo traces without a break.
-        self._grad = grad_and_value(self._loss, has_aux=True) if functional else self._autograd
-        self._x_buf: torch.Tensor | None = None
+        self._leaves = [population.leaves[n] for n in population.names]
+        # each member's step (updates applied), kept on the device by the capturable step
+        self.member_steps = torch.zeros(population.k, dtype=torch.long, device=population.device)
+        self.all_alive = True  # host: the eager step's branch
+        self.newly_diverged: list[int] = []  # host: members the last eager step froze
         self.last_grads: list[torch.Tensor] = []
+        self._x_buf: torch.Tensor | None = None
         self._y_buf: torch.Tensor | None = None
+        self._functional_grad = grad_and_value(self._loss, has_aux=True)
 
     def _loss(self, params: dict, x: torch.Tensor, y: torch.Tensor, with_activations: bool):
         stats: list[torch.Tensor] | None = [] if with_activations else None
@@ -48,13 +60,6 @@ class TrainStep:
         losses = member_losses(logits, y, self.num_classes)
         aux = (losses.detach(), torch.stack(stats, dim=1) if stats else losses.new_zeros(0))
         return losses.sum(), aux
-
-    def _autograd(self, params: dict, x: torch.Tensor, y: torch.Tensor, with_activations: bool):
-        """``torch.func.grad_and_value``'s result, by ``torch.autograd.grad``."""
-        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        total, aux = self._loss(leaves, x, y, with_activations)
-        grads = torch.autograd.grad(total, list(leaves.values()))
-        return dict(zip(leaves, grads)), (total.detach(), aux)
 
     def gather(self, x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor | None):
         """The members' batches ``(K, B, ...)`` gathered into buffers allocated once (or all data)."""
@@ -68,40 +73,96 @@ class TrainStep:
         torch.index_select(y_all, 0, flat, out=self._y_buf)
         return self._x_buf.view(*idx.shape, *x_all.shape[1:]), self._y_buf.view(idx.shape)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, record: bool, with_activations: bool):
-        """One step of every member; returns the ``(K, L, 2)`` activation stats when asked (else empty)."""
-        grads, (_, (losses, stats)) = self._grad(self.population.params, x, y, with_activations)
-        grads = [grads[n] for n in self.population.names]
-        self.last_grads = grads  # for the (off-step) histograms of initopt.layerstats
-        norms = member_grad_norms(grads)
-        self.step_t.add_(1)
-        finite = torch.isfinite(losses) & torch.isfinite(norms).all(dim=1)
-        self.diverged_at.copy_(torch.where((self.diverged_at == 0) & ~finite, self.step_t, self.diverged_at))
+    def eager(self, x: torch.Tensor, y: torch.Tensor, record: bool, with_activations: bool) -> torch.Tensor:
+        """One step of every member (see module doc); the members it froze in ``newly_diverged``.
+        Returns the ``(K, L, 2)`` activation stats when asked (else empty)."""
+        total, (losses, stats) = self._loss(self.population.leaves, x, y, with_activations)
+        grads = torch.autograd.grad(total, self._leaves)
+        self.last_grads = list(grads)  # for the (off-step) histograms of initopt.layerstats
         if record and self.recorder is not None:
-            self.recorder.write(norms, losses)
-        self.optimizer.step(grads, self.diverged_at == 0)
+            witness = self.recorder.write_at_host_slot(member_grad_norms(grads), losses)
+        else:
+            witness = all_finite_witness(grads, losses)
+        self.newly_diverged = []
+        if self.all_alive and math.isfinite(witness.item()):
+            self.optimizer.step(grads)
+            return stats
+        alive = self.population.alive
+        finite = finite_members(grads, losses)
+        newly = alive & ~finite
+        if newly.any():
+            self.newly_diverged = newly.nonzero().flatten().tolist()
+            alive &= finite
+            self.optimizer.set_alive(alive)
+            self.all_alive = False
+        self.optimizer.masked_step(grads, alive)
         return stats
+
+    def freeze(self, members: list[int]) -> None:
+        """Members found non-finite outside the step (an evaluation): frozen from now on."""
+        self.population.alive[members] = False
+        self.optimizer.set_alive(self.population.alive)
+        self.all_alive = bool(self.population.alive.all())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, record: bool, with_activations: bool) -> torch.Tensor:
+        """The capturable step (see module doc): no host sync; returns the activation stats."""
+        grads, (_, (losses, stats)) = self._functional_grad(self.population.params, x, y, with_activations)
+        grads = [grads[n] for n in self.population.names]
+        self.last_grads = grads
+        alive = self.population.alive
+        alive.logical_and_(finite_members(grads, losses))
+        self.member_steps.add_(alive)
+        if record and self.recorder is not None:
+            self.recorder.write(member_grad_norms(grads), losses)
+        self.optimizer.set_alive(alive)
+        self.optimizer.masked_step(grads, alive)
+        return stats
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        """What the capturable step mutates in place: fixed addresses, for CUDA graphs."""
+        tensors = [*self.population.params.values(), self.population.alive, self.member_steps,
+                   *self.optimizer.static_tensors()]
+        if self.recorder is not None:
+            tensors += [self.recorder.rows, self.recorder.slot]
+        return tensors
 
 
 def compiled(step: TrainStep, requested: str, device: torch.device):
-    """The step function to call: ``torch.compile(fullgraph=True)`` when ``requested`` is ``on``, or
-    ``auto`` on CUDA (``mode="reduce-overhead"``: CUDA graphs, the step's ~60 launches replayed as
-    one); else the eager step. A compile that fails falls back to eager with a one-line note."""
+    """The step function to call: the eager step when ``requested`` is ``off`` (or ``auto`` off
+    CUDA); else the capturable step under ``torch.compile(fullgraph=True)`` (on CUDA
+    ``mode="reduce-overhead"``: CUDA graphs, the step's launches replayed as one), its mutated
+    state marked as static addresses.
+
+    A first call that fails before it changed any state (compilation refused) falls back to the
+    eager step with a one-line note. Any later failure, or one after the step had started to
+    update the state (an out-of-memory error mid-step, say), is raised: a step is never applied
+    twice.
+    """
     if requested == "off" or (requested == "auto" and device.type != "cuda"):
-        return step
+        return step.eager
+    static = step.static_tensors()
+    for tensor in static:
+        torch._dynamo.mark_static_address(tensor)
     mode = "reduce-overhead" if device.type == "cuda" else None
     fast = torch.compile(step, fullgraph=True, mode=mode)
-    state = {"fn": fast}
+    state = {"fn": None}
+
+    def first_call(*args):
+        versions = [t._version for t in static]
+        try:
+            out = fast(*args)
+        except Exception as err:
+            if [t._version for t in static] != versions:  # the step began to apply: never rerun it
+                raise
+            from initopt.config import first_line
+
+            print(f"compile={requested}: falling back to the eager step ({first_line(err, 140)})")
+            state["fn"] = step.eager
+            return step.eager(*args)
+        state["fn"] = fast
+        return out
 
     def call(*args):
-        if state["fn"] is fast:
-            try:
-                return fast(*args)
-            except Exception as err:  # Dynamo / Inductor / capture refused: the eager step computes the same
-                from initopt.config import first_line
-
-                print(f"compile={requested}: falling back to the eager step ({first_line(err, 140)})")
-                state["fn"] = step
-        return state["fn"](*args)
+        return (state["fn"] or first_call)(*args)
 
     return call

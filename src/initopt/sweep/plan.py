@@ -176,14 +176,10 @@ def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[
         return MemberPlan(cfg, member_dir, name, fp, Start.FINISHED, stored_metrics=rundir.read_metrics(member_dir))
     if state == "resumable":
         saved = checkpoint.load(member_dir / rundir.CHECKPOINT, [fp])  # a bad checkpoint fails now, in one line
-        member = MemberPlan(cfg, member_dir, name, fp, Start.RESUME, start_step=checkpoint_step(saved))
+        member = MemberPlan(cfg, member_dir, name, fp, Start.RESUME, start_step=checkpoint.start_step(saved))
         checkpoints[member] = saved
         return member
     if state == "stale":
         rundir.clear_stale(member_dir)
     return MemberPlan(cfg, member_dir, name, fp, Start.FRESH)
 
-
-def checkpoint_step(saved: dict) -> int:
-    """The step a checkpoint was saved at."""
-    return int(saved["loop"]["step"])

@@ -125,7 +125,7 @@ def restore_checkpoints(group: TrainingGroup, training: engine.Training) -> None
     for i, (member, owner) in enumerate(zip(group.members, group.owners)):
         if member.start is Start.RESUME:
             saved = owner.checkpoints.pop(member)
-            checkpoint.restore(saved, training.population, training.optimizer, training.state, members=[i])
+            checkpoint.restore(saved, training, members=[i])
 
 
 def open_sinks(group: TrainingGroup, param_names: list[str], effective_lr: list[float]) -> PopulationLogs:
@@ -152,10 +152,9 @@ def open_sinks(group: TrainingGroup, param_names: list[str], effective_lr: list[
 
 def checkpoint_saver(group: TrainingGroup, training: engine.Training):
     """The engine's checkpoint callback: one checkpoint per member directory."""
-    def save(state) -> None:
+    def save(_state) -> None:
         for i, member in enumerate(group.members):
-            checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training.population,
-                            training.optimizer, state, members=[i])
+            checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training, members=[i])
     return save
 
 
