@@ -293,6 +293,8 @@ def test_members_at_different_steps_cannot_share_a_population(tmp_path):
     both.load_member_state(0, states[0])
     with pytest.raises(ValueError, match="lockstep"):
         both.load_member_state(1, states[1])
+    with pytest.raises(ValueError, match="cannot join fresh ones"):
+        both.fit()  # slot 1 is still fresh, at step 0
 
 
 def test_an_older_checkpoint_is_refused_in_one_line(tmp_path):

@@ -2,12 +2,14 @@
 
 Each step is :class:`~initopt.engine.step.TrainStep` (device work only). Around it, on the host:
 
+* a member whose step turned non-finite is marked diverged at that step: right after the step
+  when it is the eager one (which reads one finiteness number back per step), at the next flush
+  when it is the capturable one (which froze the member on the device and kept its step count);
 * every ``flush_every`` steps, at evaluations, at a checkpoint and at the end, the buffered step
-  records go to the host once: members that turned non-finite are marked diverged at their
-  first bad step (the step had already frozen them on the device), and the records go to the sinks;
+  records go to the host once, and on to the sinks;
 * every ``eval_every`` steps, at step 0 (initialization) and at the end, the whole training and
   held-out sets are evaluated for every member (one host sync); a non-finite result marks that
-  member diverged;
+  member diverged at that step and freezes it (at step 0: at its initial weights);
 * a stop request (SIGINT / SIGTERM) or ``checkpoint_every`` saves a checkpoint right after a
   flush, so the event files and the checkpoint agree on the last step written.
 
@@ -70,7 +72,7 @@ class LoopState:
     histories: list[list[tuple[int, dict[str, float]]]] = field(default_factory=list)
     diverged: list[int | None] = field(default_factory=list)
     wall_time_s: float = 0.0
-    restored: bool = False  # a member state was loaded: the step is theirs
+    restored: set[int] = field(default_factory=set)  # slots loaded from member states
 
     @classmethod
     def fresh(cls, data: Dataset, batch_size: int, seeds: list[int]) -> LoopState:
@@ -81,6 +83,12 @@ class LoopState:
     def active(self) -> np.ndarray:
         return np.array([d is None for d in self.diverged])
 
+    def check_lockstep(self) -> None:
+        """Restored members and fresh ones cannot train together (their steps and batch orders differ)."""
+        if self.restored and len(self.restored) != len(self.diverged):
+            raise ValueError(f"a population trains its members in lockstep: members restored at step {self.step} "
+                             "cannot join fresh ones")
+
     def member_state(self, k: int) -> dict:
         """Member k's share: its step, diverged_step, wall time, history and sampler."""
         return {"step": self.step, "diverged_step": self.diverged[k], "wall_time_s": self.wall_time_s,
@@ -88,11 +96,12 @@ class LoopState:
 
     def load_member_state(self, k: int, state: dict) -> None:
         """Slot k <- a member's share; the members of one population must be at one step."""
-        if self.restored and state["step"] != self.step:
+        if self.restored - {k} and state["step"] != self.step:
             raise ValueError(f"a population trains its members in lockstep: a member at step {state['step']} "
                              f"cannot join members at step {self.step}")
         self.sampler.load_member_state(k, state["sampler"])
-        self.step, self.restored = state["step"], True
+        self.step = state["step"]
+        self.restored.add(k)
         self.wall_time_s = max(self.wall_time_s, state["wall_time_s"])
         self.histories[k] = [(s, dict(m)) for s, m in state["history"]]
         self.diverged[k] = state["diverged_step"]
@@ -150,10 +159,7 @@ class _Run:
         self.step.all_alive = bool(state.active.all())
         self.step.member_steps.fill_(state.step)
         self.step_fn = compiled(self.step, compile_mode, device)
-
-    def mark_diverged(self, members: list[int], step: int) -> None:
-        for k in members:
-            self.state.diverged[k] = step
+        self.capturable = self.step_fn != self.step.eager
 
     def record_initial_activations(self) -> None:
         """Step 0: activation statistics at initialization, on up to 1024 training examples."""
@@ -166,7 +172,7 @@ class _Run:
     def flush(self) -> None:
         """Records to the host once; mark members the capturable step froze (their step count
         says where); hand to the sinks."""
-        if not self.step.all_alive or self.step_fn != self.step.eager:
+        if self.capturable:
             alive, steps = self.pop.alive.tolist(), self.step.member_steps.tolist()
             for k, (live, at) in enumerate(zip(alive, steps)):
                 if not live and self.state.diverged[k] is None:
@@ -213,6 +219,7 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
     flushed, ``save_checkpoint(state)`` runs and the result says ``interrupted``. ``compile_mode``
     (off | on | auto) chooses the compiled step (:func:`initopt.engine.step.compiled`).
     """
+    state.check_lockstep()
     run = _Run(population, optimizer, data, schedule, state, sinks, save_checkpoint, compile_mode)
     fresh = state.step == 0
     if fresh:
@@ -229,8 +236,8 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
         if run.params is not None:
             run.params.before_step(step)
         stats = run.step_fn(x, y, record, with_acts)
-        if run.step.newly_diverged:
-            run.mark_diverged(run.step.newly_diverged, step)
+        for k in run.step.newly_diverged:  # the eager step froze them
+            state.diverged[k] = step
         if run.params is not None:
             run.params.after_step(step, run.step.last_grads)
         if record:
@@ -259,4 +266,5 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
     if sinks is not None:
         sinks.flush()
     finished = step == schedule.steps or not state.active.any()
+    state.step, state.wall_time_s = step, time.perf_counter() - start
     return Result(step, time.perf_counter() - start, state.histories, state.diverged, interrupted and not finished)
