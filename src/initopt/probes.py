@@ -27,13 +27,18 @@ def member_grad_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     """``(K, P)`` float64: ||g_kp||_2 for member k and parameter tensor p (grads stacked ``(K, *shape)``).
 
     Accumulated in float64, so finite float32 gradients never give an infinite norm (in float32
-    the squares overflow from entries of ~1e19). K = 1: one ``torch._foreach_norm`` call.
+    the squares overflow from entries of ~1e19). K = 1: one ``torch._foreach_norm`` call; else
+    one reduction per tensor over each member's dimensions.
     """
-    k = grads[0].shape[0]
-    if k == 1:
+    if grads[0].shape[0] == 1:
         return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).unsqueeze(0)
-    return torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1, dtype=torch.float64) for g in grads],
+    return torch.stack([torch.linalg.vector_norm(g, dim=_member_dims(g), dtype=torch.float64) for g in grads],
                        dim=1)
+
+
+def _member_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The dimensions of a stacked tensor ``(K, *shape)`` that belong to one member."""
+    return tuple(range(1, t.dim()))
 
 
 def all_finite_witness(grads: list[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
@@ -45,8 +50,7 @@ def all_finite_witness(grads: list[torch.Tensor], losses: torch.Tensor) -> torch
 
 def finite_members(grads: list[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
     """``(K,)`` bool: member k's loss and every entry of its gradients are finite."""
-    k = losses.shape[0]
-    per_tensor = torch.stack([torch.isfinite(g.reshape(k, -1)).all(dim=1) for g in grads], dim=1)
+    per_tensor = torch.stack([torch.isfinite(g).all(dim=_member_dims(g)) for g in grads], dim=1)
     return per_tensor.all(dim=1) & torch.isfinite(losses)
 
 
