@@ -23,7 +23,8 @@ without momentum has none), Adam has ``exp_avg``, ``exp_avg_sq`` and the member'
 
 **Frozen members.** A member that is no longer alive (it diverged) does not move, and neither
 does its optimizer state: its coefficients are the neutral ones (lr 0, momentum 1, weight decay
-0, Adam's 1 - b1 0, b2 1, 1 - b2 0, step increment 0) and its gradient is masked to zero.
+0, Adam's 1 - b1 0, b2 1, 1 - b2 0, eps 1 (a denominator away from 0), step increment 0) and its
+gradient is masked to zero.
 :meth:`set_alive` writes those coefficients into buffers allocated once (the views over them
 stay valid); :meth:`step` (every member alive, nothing masked) and :meth:`masked_step` (a
 ``(K,)`` alive mask) are the two updates.
