@@ -21,3 +21,102 @@ def test_the_homework_grid_runs_through_the_launcher(tmp_path, launcher):
                 for i, o in itertools.product(["zero", "normal", "xavier", "he"], ["sgd", "momentum", "adam"])}
     assert set(jobs) == expected  # neither the launcher nor the unswept keys are in run names
     assert all(m["status"] == "ok" and m["steps_done"] == 20 for m in jobs.values())
+
+
+# ------------------------------------------------------------------ composition, once per job
+# The contract of initopt.hydra_compat: what initopt derives from Hydra's private steps equals what
+# Hydra composes itself, job by job, over every config group and kind of override.
+SWEEPS = {
+    "init x optim x values": ["init=zero,he", "optim=sgd,adam", "optim.lr=0.01,0.1", "seed=0,1",
+                              "model.hidden=[8],[4,4]", "steps=7"],
+    "model x data x optim form": ["model=tanh,deep", "data=circles,digits", "init=normal,xavier",
+                                  "optim=momentum", "optim.form=ema,heavy_ball"],
+    "experiment (its sweep in hydra.sweeper.params)": ["+experiment=dlai_init,dlai_optim", "seed=5,6"],
+    "launcher, hydra key": ["+launcher=population", "hydra.launcher.member_budget=2", "init=he,xavier",
+                            "seed=0,1"],
+    "+, ++ and ~ overrides": ["~hydra.callbacks.tensorboard_hparams", "+data.extra=1,2", "++seed=3,4",
+                              "optim=adam,sgd"],
+    "a group deleted": ["~model", "optim=adam,sgd", "seed=0,1"],
+}
+
+
+def hydra_loader_and_master(sweep: list[str]):
+    from hydra.core.utils import JobRuntime
+    from hydra.types import RunMode
+
+    import initopt.config  # noqa: F401  (the schemas the YAML files extend)
+    from initopt import hydra_compat
+
+    JobRuntime.instance().set("name", "train")
+    loader = hydra_compat.config_loader("pkg://initopt.conf")
+    return loader, loader.load_configuration("train", [*sweep, "hydra.mode=MULTIRUN"], run_mode=RunMode.MULTIRUN)
+
+
+def comparable(cfg) -> str:
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.runtime.cwd = ""  # the composing process's working directory
+    return OmegaConf.to_yaml(cfg)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS.values(), ids=SWEEPS.keys())
+def test_the_fast_composition_equals_hydras_for_every_job(sweep):
+    from omegaconf import OmegaConf
+
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = hydra_loader_and_master(sweep)
+    jobs = sweep_jobs(loader, master)
+    assert len(jobs) >= 4
+    composer = JobConfigs()
+    for job in jobs:
+        hydra = loader.load_sweep_config(master, job)
+        fast = composer.compose(loader, master, job)
+        assert comparable(fast) == comparable(hydra), job
+        task, choices = composer.task_config(loader, master, job)
+        assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml(_task(hydra)), job
+        assert choices == dict(hydra.hydra.runtime.choices)
+    assert composer.compositions <= len(jobs)  # one per set of config-group choices (count: the next test)
+
+
+def _task(cfg):
+    from omegaconf import open_dict, read_write
+
+    cfg = cfg.copy()
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def test_each_structural_set_is_composed_once_and_values_are_applied():
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = hydra_loader_and_master(SWEEPS["init x optim x values"])
+    composer = JobConfigs()
+    for job in sweep_jobs(loader, master):
+        composer.task_config(loader, master, job)
+        composer.compose(loader, master, job)
+    assert composer.compositions == 4  # init x optim: the structural combinations; values are applied
+
+
+def test_a_hydra_value_added_after_composing_updates_the_bases_without_composing_again():
+    """The HParams callback adds the run names' exclude_keys after the start-up checks composed
+    every job: the launcher's configs must equal Hydra's under the new master, at no new composition."""
+    from omegaconf import open_dict, read_write
+
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = hydra_loader_and_master(SWEEPS["init x optim x values"])
+    composer = JobConfigs()
+    jobs = sweep_jobs(loader, master)
+    for job in jobs:
+        composer.task_config(loader, master, job)
+    with read_write(master.hydra), open_dict(master.hydra):
+        master.hydra.overrides.hydra.append("hydra.job.config.override_dirname.exclude_keys=[steps,seed]")
+        master.hydra.job.config.override_dirname.exclude_keys = ["steps", "seed"]
+    for job in jobs:
+        assert comparable(composer.compose(loader, master, job)) == \
+            comparable(loader.load_sweep_config(master, job)), job
+    assert (composer.compositions, composer.patched) == (4, 4)
+    assert "seed" not in composer.compose(loader, master, jobs[0]).hydra.job.override_dirname

@@ -126,28 +126,3 @@ def test_the_report_reads_the_launchers_output(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     table = (tmp_path / "s/report/summary.md").read_text()
     assert table.count("2/2 ok") == 2
-
-
-def test_the_fast_composition_equals_hydras_for_every_job():
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf, open_dict
-
-    from initopt.compose import JobComposer
-
-    sweep = ["init=zero,he", "optim=sgd,adam", "optim.lr=0.01,0.1", "seed=0,1", "model.hidden=[8],[4,4]", "steps=7"]
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://initopt.conf"))
-    master = loader.load_configuration("train", sweep, run_mode=RunMode.MULTIRUN)
-    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(sweep), None)
-            for job in batch]
-    composer = JobComposer(loader, master)
-    for job in jobs:
-        fast, hydra = composer.compose(list(job)), loader.load_sweep_config(master, list(job))
-        for cfg in (fast, hydra):
-            with open_dict(cfg):
-                cfg.hydra.runtime.cwd = ""
-        assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(hydra), job
-    assert composer.compositions == 4  # init x optim: the structural combinations; values are applied

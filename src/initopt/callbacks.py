@@ -9,11 +9,11 @@ experiment configs put their sweeps) and
    ``steps=1500``) joins ``hydra.job.config.override_dirname.exclude_keys``, through a Hydra
    override that every job's config is composed with; so the job directories, which are the
    TensorBoard run names, read ``init=he,optim=adam``;
-2. composes every job's config (at most :data:`MAX_COMPOSED`; beyond that, jobs that together
-   use every swept value; once per distinct set of config-group choices, the plain values applied
-   to a copy, :class:`initopt.compose.JobComposer`) and writes the HParams experiment into the
-   sweep directory: every
-   column's domain is the set of values the jobs give it (:func:`initopt.hparams.columns`).
+2. reads every job's config (at most :data:`MAX_COMPOSED`; beyond that, jobs that together
+   use every swept value) from :data:`initopt.compose.JOBS`, where the start-up checks composed
+   them (once per distinct set of config-group choices, the plain values applied to a copy), and
+   writes the HParams experiment into the sweep directory: every column's domain is the set of
+   values the jobs give it (:func:`initopt.hparams.columns`).
 
 Other sweepers (Optuna, Ax, ...) expand sweeps their own way: this callback leaves them alone
 and TensorBoard then builds the columns from the runs' own values.
@@ -24,30 +24,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from initopt.checks import covering_jobs
-from initopt.compose import JobComposer
+from initopt.compose import JOBS, expands_like_basic_sweeper, sweep_jobs, sweep_overrides
 from initopt.hparams import Value, columns, sessions
 from initopt.tb import write_experiment
 
-# Sweepers that expand a sweep as the basic one does (initopt's population sweeper is one).
-BASIC_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                  "hydra_plugins.initopt_population_launcher.population_launcher.PopulationSweeper")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 MAX_COMPOSED = 1024  # beyond this, jobs that together use every swept value (each costs a config copy)
-
-
-def sweep_overrides(config: DictConfig) -> list[Override]:
-    """The sweep as the basic sweeper sees it: ``hydra.sweeper.params``, then the command line."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    return parser.parse_overrides(params + list(config.hydra.overrides.task))
 
 
 def fixed_keys(overrides: list[Override]) -> list[str]:
@@ -73,17 +60,16 @@ def name_runs_by_swept_keys(config: DictConfig, overrides: list[Override]) -> No
         config.hydra.job.config.override_dirname.exclude_keys = keys
 
 
-def job_overrides(overrides: list[Override]) -> list[list[str]]:
-    """Every job's override list, as the basic sweeper expands the sweep."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+def job_overrides(loader, config: DictConfig) -> list[list[str]]:
+    """Every job's override list, as the basic sweeper expands the sweep (thinned beyond
+    :data:`MAX_COMPOSED` to jobs that together use every swept value)."""
+    jobs = sweep_jobs(loader, config)
     return jobs if len(jobs) <= MAX_COMPOSED else covering_jobs(jobs)
 
 
-def job_hparams(composer: JobComposer, job: list[str]) -> list[dict[str, Value]]:
+def job_hparams(loader, config: DictConfig, job: list[str]) -> list[dict[str, Value]]:
     """The HParams values of one job's runs (one, or a replica job's seeds and mean)."""
-    cfg, choices = composer.task_config(job)
+    cfg, choices = JOBS.task_config(loader, config, job)
     return [s.hparams for s in sessions(cfg, choices, "").values()]
 
 
@@ -91,12 +77,11 @@ class SweepHParams(Callback):
     """On multirun start: run names by swept keys, and the sweep's HParams experiment."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.sweeper.get("_target_") not in BASIC_SWEEPERS:
-            return
-        overrides = sweep_overrides(config)
-        name_runs_by_swept_keys(config, overrides)
         from hydra.core.global_hydra import GlobalHydra
 
-        composer = JobComposer(GlobalHydra.instance().config_loader(), config)
-        runs = [hp for job in job_overrides(overrides) for hp in job_hparams(composer, job)]
+        if not expands_like_basic_sweeper(config):
+            return
+        loader = GlobalHydra.instance().config_loader()
+        name_runs_by_swept_keys(config, sweep_overrides(loader, config))
+        runs = [hp for job in job_overrides(loader, config) for hp in job_hparams(loader, config, job)]
         write_experiment(Path(config.hydra.sweep.dir), columns(runs))

@@ -22,6 +22,7 @@ from initopt.data import check_available, check_split, expected_train_size, min_
 from initopt.resources import check_population_fits
 
 CONFIG_MODULE = "initopt.conf"
+TASK_NAME = "train"  # Hydra's hydra.job.name for initopt.train's task (the name of its module)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,22 +135,6 @@ def check_overrides_parse(overrides: list[str]) -> None:
             raise ConfigError(key, value, f"{_parse_problem(override, str(err))}; {allowed}") from None
 
 
-def _job_override_lists(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """Override lists of the jobs Hydra would launch (BasicSweeper's expansion), thinned
-    to jobs that together use every swept value at least once.
-
-    Composing costs ~0.1 s, so a 60-job grid is not composed 60 times; the checks are
-    per key, and the few that combine keys run again in each job before it trains.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    if not multirun:
-        return [overrides]
-    return covering_jobs([job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch])
-
-
 def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
     """The jobs, in order, that add an override no earlier kept job has: together they use
     every swept value at least once."""
@@ -222,20 +207,60 @@ def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> 
             checkpoint.load(path / rundir.CHECKPOINT, [fp])
 
 
+def check_member_budget(master: DictConfig) -> None:
+    """``hydra.launcher.member_budget`` (population launchers): an integer >= 0, 0 = no budget."""
+    launcher = master.hydra.get("launcher") or {}
+    if "member_budget" not in launcher:
+        return
+    budget = launcher.member_budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise ConfigError("hydra.launcher.member_budget", budget,
+                          "an integer >= 0: the most members trained at once (0 = no budget)")
+
+
+def compose_master(argv_overrides: list[str], multirun: bool, config_name: str = "train"):
+    """The command line's config as Hydra will compose it first (``hydra.mode`` added as Hydra
+    adds it), and the loader that composed it."""
+    from hydra.core.utils import JobRuntime
+    from hydra.types import RunMode
+
+    from initopt import hydra_compat
+
+    if JobRuntime.instance().conf.get("name") in (None, "UNKNOWN_NAME"):
+        JobRuntime.instance().set("name", TASK_NAME)
+    overrides = list(argv_overrides)
+    if not any(o.startswith("hydra.mode=") for o in overrides):
+        overrides.append(f"hydra.mode={'MULTIRUN' if multirun else 'RUN'}")
+    loader = hydra_compat.config_loader(f"pkg://{CONFIG_MODULE}")
+    mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+    return loader, loader.load_configuration(config_name, overrides, run_mode=mode)
+
+
+def job_configs(argv_overrides: list[str], multirun: bool, config_name: str = "train"):
+    """Every job's task config (``-m``: all of the sweep's jobs, as the basic sweeper expands it
+    with ``hydra.sweeper.params``), each composed once into :data:`initopt.compose.JOBS`."""
+    from initopt.compose import JOBS, sweep_jobs, task_part
+
+    loader, master = compose_master(argv_overrides, multirun, config_name)
+    check_member_budget(master)
+    if not multirun:
+        yield task_part(master)
+        return
+    for job in sweep_jobs(loader, master):
+        yield JOBS.task_config(loader, master, job)[0]
+
+
 def precheck_command_line(argv: list[str]) -> None:
     """Raise on the first job of the command line that Hydra would fail or that a check rejects."""
-    from hydra._internal.utils import get_args_parser
+    from initopt import hydra_compat
 
-    args = get_args_parser().parse_args(argv)
+    args = hydra_compat.args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
         return
     if args.config_path or args.config_dir:  # another search path: leave it all to Hydra
         return
-    config_name = args.config_name or "train"
     check_overrides_parse(args.overrides)
-    jobs = _job_override_lists(args.overrides, args.multirun)
-    for i, job in enumerate(jobs):
-        cfg = compose_job(job, config_name)
+    for i, cfg in enumerate(job_configs(args.overrides, args.multirun, args.config_name or "train")):
         check_config(cfg)
         if i == 0:
             _check_output_dir(args.overrides, args.multirun, cfg)

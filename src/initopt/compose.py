@@ -1,71 +1,188 @@
-"""Each sweep job's config, composed once per distinct set of structural overrides (used by the
-population launcher and the sweep's HParams callback).
+"""Each job's config composed once per process, shared by the start-up checks, the sweep's HParams
+callback and the population launcher (:data:`JOBS`).
 
 Hydra composes every job of a sweep from scratch (the defaults list, every YAML file and schema):
 ~0.1-0.2 s a job here, more than a small job trains. Jobs that differ only in plain values
-(``seed=3``, ``optim.lr=0.1``) share everything but those values, so this composes one config per
-distinct set of *structural* overrides (config groups such as ``init=he``, ``+``/``~`` overrides,
-``hydra.*`` keys) through Hydra itself, and derives each job's config from a copy of it by Hydra's
-own steps for the rest: its ``_apply_overrides_to_config`` for the values, the job's task
-overrides, and ``get_overrides_dirname`` for the job's directory name. A test compares the result
-with Hydra's ``load_sweep_config`` job by job.
+(``seed=3``, ``optim.lr=0.1``) share everything but those values, so :class:`JobConfigs`
+
+1. composes one config per distinct set of *structural* overrides (config groups such as
+   ``init=he``, ``+``/``~`` overrides, ``hydra.*`` keys) through Hydra itself
+   (``load_sweep_config``: the master config's ``hydra.*`` overrides, then the job's);
+2. derives each job's config from a copy of it by the steps Hydra's composition ends with: the
+   values applied (:func:`initopt.hydra_compat.apply_value_overrides`), the job's task overrides
+   recorded and its directory name (``hydra.job.override_dirname``) computed;
+3. keeps each job's task config (without Hydra's node) and group choices, keyed by the job's
+   overrides, for whoever asks next in the same process.
+
+The checks run before Hydra starts, and the HParams callback then adds a ``hydra.*`` value override
+(the run names' ``exclude_keys``): a base composed before is brought up to date by applying the
+added plain ``hydra.*`` values to a copy, not recomposed; anything else is composed again.
+The contract: ``test_the_fast_composition_equals_hydras_for_every_job`` (equal to Hydra's
+``load_sweep_config`` job by job).
 """
 
-import copy
+from __future__ import annotations
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+import copy
+from dataclasses import dataclass
+
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from initopt import hydra_compat
 
 
-class JobComposer:
-    def __init__(self, config_loader, master_config: DictConfig):
-        self.loader, self.master = config_loader, master_config
+@dataclass
+class Base:
+    """Hydra's composition of one set of structural overrides, under one list of ``hydra.*`` overrides."""
+
+    cfg: DictConfig  # the whole config (Hydra's node included)
+    hydra_overrides: tuple[str, ...]  # the master config's hydra.* overrides it was composed with
+    task: DictConfig  # cfg without Hydra's node (copied from, never handed out)
+    choices: dict  # hydra.runtime.choices
+
+
+class JobConfigs:
+    """Every job's config in this process: one Hydra composition per set of structural overrides."""
+
+    def __init__(self) -> None:
         self.parser = OverridesParser.create()
-        self._bases: dict[tuple[str, ...], DictConfig] = {}
+        self._bases: dict[tuple, Base] = {}  # ((config, task name), structural, hydra overrides) -> Base
+        self._tasks: dict[tuple, tuple[DictConfig, dict]] = {}  # (config name, overrides) -> task config, choices
+        self.compositions = 0  # full Hydra compositions made
+        self.patched = 0  # bases brought up to date with added hydra.* values instead
 
-    @property
-    def compositions(self) -> int:
-        """How many full Hydra compositions were made."""
-        return len(self._bases)
+    def clear(self) -> None:
+        self.__init__()
 
-    def _is_value(self, override: Override) -> bool:
+    # ------------------------------------------------------------------ the split
+    @staticmethod
+    def is_value(override: Override, loader) -> bool:
         """A plain ``key=value`` on a config key: it cannot change the defaults list."""
         return (override.type == OverrideType.CHANGE and override.package is None
-                and not override.is_hydra_override()
-                and not self.loader.repository.group_exists(override.key_or_group))
+                and not override.is_sweep_override()
+                and not loader.repository.group_exists(override.key_or_group))
 
-    def _split(self, overrides: list[str]) -> tuple[list[Override], list[Override], DictConfig]:
+    def _split(self, loader, overrides: list[str]) -> tuple[list[Override], list[Override], tuple[str, ...]]:
         parsed = self.parser.parse_overrides(overrides)
-        values = [o for o in parsed if self._is_value(o)]
-        structural = tuple(o.input_line for o in parsed if not self._is_value(o))
-        if structural not in self._bases:
-            self._bases[structural] = self.loader.load_sweep_config(self.master, list(structural))
-        return parsed, values, self._bases[structural]
+        values = [o for o in parsed if self.is_value(o, loader) and not o.is_hydra_override()]
+        structural = tuple(o.input_line for o in parsed if not (self.is_value(o, loader) and not o.is_hydra_override()))
+        return parsed, values, structural
 
-    def task_config(self, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
-        """The job's config without Hydra's node (a smaller copy), and its group choices."""
-        _, values, base = self._split(overrides)
-        with open_dict(base):
-            hydra = base.pop("hydra")
-            try:
-                cfg = copy.deepcopy(base)
-            finally:
-                base["hydra"] = hydra
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        return cfg, dict(hydra.runtime.choices)
+    # ------------------------------------------------------------------ bases
+    def _base(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:
+        from hydra.core.utils import JobRuntime
 
-    def compose(self, overrides: list[str]) -> DictConfig:
-        """The job's whole config, as Hydra's ``load_sweep_config`` composes it."""
-        parsed, values, base = self._split(overrides)
-        cfg = copy.deepcopy(base)
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        # the config, and the task name Hydra gives a job whose config does not name it
+        name = (master.hydra.job.config_name, JobRuntime.instance().get("name"))
+        hydra_overrides = tuple(master.hydra.overrides.hydra)
+        key = (name, structural, hydra_overrides)
+        if key not in self._bases:
+            older = self._patchable(loader, name, structural, hydra_overrides)
+            self._bases[key] = self._patched(older, hydra_overrides) if older else \
+                self._composed(loader, master, structural)
+        return self._bases[key]
+
+    def _composed(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:
+        cfg = loader.load_sweep_config(master, list(structural))
+        self.compositions += 1
+        return Base(cfg, tuple(master.hydra.overrides.hydra), _without_hydra(cfg), dict(cfg.hydra.runtime.choices))
+
+    def _patchable(self, loader, name: str, structural: tuple[str, ...], hydra_overrides: tuple[str, ...]):
+        """A base of the same structural overrides composed under a prefix of ``hydra_overrides``,
+        where the rest are plain values on keys no other override sets (so order cannot matter)."""
+        for (n, s, h), base in self._bases.items():
+            if n != name or s != structural or hydra_overrides[:len(h)] != h:
+                continue
+            added = self.parser.parse_overrides(list(hydra_overrides[len(h):]))
+            others = {o.key_or_group for o in self.parser.parse_overrides([*h, *structural])}
+            if all(self.is_value(o, loader) and o.key_or_group not in others for o in added):
+                return base
+        return None
+
+    def _patched(self, base: Base, hydra_overrides: tuple[str, ...]) -> Base:
+        """``base`` with the added hydra.* values applied and recorded where Hydra records them."""
+        added = list(hydra_overrides[len(base.hydra_overrides):])
+        cfg = copy.deepcopy(base.cfg)
+        hydra_compat.apply_value_overrides(self.parser.parse_overrides(added), cfg)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            at = len(base.hydra_overrides)
+            cfg.hydra.overrides.hydra = [*cfg.hydra.overrides.hydra[:at], *added, *cfg.hydra.overrides.hydra[at:]]
+        self.patched += 1
+        return Base(cfg, hydra_overrides, base.task, base.choices)
+
+    # ------------------------------------------------------------------ jobs
+    def task_config(self, loader, master: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict]:
+        """The job's config without Hydra's node, and its group choices (one object per job, shared)."""
+        key = (master.hydra.job.config_name, tuple(overrides))
+        if key not in self._tasks:
+            _, values, structural = self._split(loader, overrides)
+            base = self._base(loader, master, structural)
+            cfg = copy.deepcopy(base.task)
+            hydra_compat.apply_value_overrides(values, cfg)
+            self._tasks[key] = (cfg, base.choices)
+        return self._tasks[key]
+
+    def job_hydra(self, loader, master: DictConfig, overrides: list[str]) -> tuple[Base, list[str], str]:
+        """What a job's Hydra node has beyond its base's: its base, its task overrides
+        (``hydra.overrides.task``) and its directory name (``hydra.job.override_dirname``)."""
+        parsed, _, structural = self._split(loader, overrides)
+        base = self._base(loader, master, structural)
         app = [o for o in parsed if not o.is_hydra_override()]
-        with open_dict(cfg.hydra):
-            cfg.hydra.overrides.task = [o.input_line for o in app]
-            dirname = cfg.hydra.job.config.override_dirname
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
-        OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
+        dirname = base.cfg.hydra.job.config.override_dirname
+        return base, [o.input_line for o in app], hydra_compat.overrides_dirname(
+            app, dirname.kv_sep, dirname.item_sep, list(dirname.exclude_keys))
+
+    def compose(self, loader, master: DictConfig, overrides: list[str]) -> DictConfig:
+        """The job's whole config, equal to Hydra's ``load_sweep_config(master, overrides)`` (a new copy)."""
+        _, values, structural = self._split(loader, overrides)
+        base = self._base(loader, master, structural)
+        _, task, dirname = self.job_hydra(loader, master, overrides)
+        cfg = copy.deepcopy(base.cfg)
+        hydra_compat.apply_value_overrides(values, cfg)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = task
+            cfg.hydra.job.override_dirname = dirname
+        OmegaConf.copy_cache(from_config=master, to_config=cfg)
         return cfg
+
+
+# Sweepers that expand a sweep as the basic one does (initopt's population sweeper is one).
+BASIC_SWEEPERS = (hydra_compat.BASIC_SWEEPER,
+                  "hydra_plugins.initopt_population_launcher.population_launcher.PopulationSweeper")
+
+
+def expands_like_basic_sweeper(master: DictConfig) -> bool:
+    return master.hydra.sweeper.get("_target_") in BASIC_SWEEPERS
+
+
+def sweep_overrides(loader, master: DictConfig) -> list[Override]:
+    """The sweep as the basic sweeper sees it: ``hydra.sweeper.params``, then the command line."""
+    params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=loader)
+    return parser.parse_overrides(params + list(master.hydra.overrides.task))
+
+
+def sweep_jobs(loader, master: DictConfig) -> list[list[str]]:
+    """Every job's override list, as the basic sweeper expands the sweep (another sweeper's sweep:
+    the master config's own overrides, one job)."""
+    if not expands_like_basic_sweeper(master):
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(master.hydra.overrides.task))
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    return hydra_compat.expand_sweep(sweep_overrides(loader, master))
+
+
+def task_part(cfg: DictConfig) -> DictConfig:
+    """A composed config without Hydra's node (a copy)."""
+    return _without_hydra(cfg)
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+JOBS = JobConfigs()  # this process's job configs: the checks, the HParams callback and the launcher share it

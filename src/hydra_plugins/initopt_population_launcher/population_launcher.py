@@ -2,12 +2,13 @@
 
 ``python -m initopt.train -m init=zero,normal,xavier,he optim=sgd,momentum,adam seed=0,1,2,3,4 +launcher=population``
 
-1. Each job is composed (once per distinct set of structural overrides, see ``compose.py``; the
-   ``population`` sweeper leaves it to the launcher) and validated and its directory prepared as
-   Hydra's basic launcher does
-   (``run_job``: the same ``.hydra/`` files, job directory and name), with the job's own checks:
-   a finished job is kept, a checkpointed one resumes, a job whose checks fail records its error.
-2. The members of all jobs that can share (same model shape, data, batch size, steps, schedule,
+1. **Prepare**: each job's config is taken from :data:`initopt.compose.JOBS` (composed once per
+   process, per distinct set of config-group choices; the ``population`` sweeper leaves it to the
+   launcher), its directory started as Hydra's basic launcher does (the same ``.hydra/`` files,
+   job directory and name, :class:`initopt.jobstart.JobStarter`, without Hydra's per-job logging
+   set-up) and its own checks run: a finished job is kept, a checkpointed one resumes, a job whose
+   checks fail records its error.
+2. **Train**: the members of all jobs that can share (same model shape, data, batch size, steps, schedule,
    dtype, device, optimizer family and starting step; see :func:`initopt.sweep.grouping.compatibility_key`)
    become one population each; one larger than ``hydra.launcher.member_budget`` is split, and
    the split is printed. Jobs that cannot share run as populations of their own, in the same process.
@@ -16,46 +17,84 @@
 
 SIGINT / SIGTERM checkpoint the population in training (one checkpoint per member directory) and
 stop the sweep; rerunning the same command resumes it and skips the finished jobs.
+
+Each job's ``train.log`` holds its own lines (its launch line and its outcome). With
+``INITOPT_PHASE_TIMES=<file.json>`` in the environment the launcher writes the seconds it spent
+in each phase there (``scripts/bench.py`` reads it).
 """
 
 
 # No `from __future__ import annotations` here: Hydra's plugin scan runs this module before it is in
 # sys.modules, and dataclasses then cannot resolve string annotations.
+import json
 import logging
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from initopt.hydra_compat import basic_sweeper
+
+BasicSweeper, BasicSweeperConf = basic_sweeper()
 log = logging.getLogger(__name__)
+PHASE_TIMES = "INITOPT_PHASE_TIMES"  # env var: a JSON file for the launcher's seconds per phase
 
 
 @dataclass
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.initopt_population_launcher.population_launcher.PopulationLauncher"
-    member_budget: int = 1024  # most members trained at once; a larger population is split
+    member_budget: int = 1024  # most members trained at once; a larger population is split (0 = no budget)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,
                              provider="initopt")
 
 
-def _prepare_job(cfg: DictConfig):
-    """Hydra's task function for phase 1: the job's checks and directory, no training yet."""
-    from initopt.sweep.plan import prepare_job
-    from initopt.train import resume_command
+class PhaseClock:
+    """Seconds per phase of one launch, written as JSON where ``INITOPT_PHASE_TIMES`` says (else nothing)."""
 
-    hc = HydraConfig.get()
-    output_dir = Path(hc.runtime.output_dir)
-    hint = resume_command(output_dir, True, hc.sweep.dir)
-    return prepare_job(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), standalone=False)
+    def __init__(self) -> None:
+        self.path = os.environ.get(PHASE_TIMES)
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+        self.launch_started = time.time()  # epoch: the bench's start-up is this less the process start
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def write(self, jobs: int) -> None:
+        if self.path:
+            Path(self.path).write_text(json.dumps({"launch_started": self.launch_started, "jobs": jobs,
+                                                   "seconds": self.seconds}))
+
+
+def _prepare_job(sweep_dir: str):
+    """The job's task function for phase 1: its checks and directory, no training yet."""
+    def prepare(cfg: DictConfig, output_dir: Path, run_name: str, choices: dict):
+        from initopt.sweep.plan import prepare_job
+        from initopt.train import resume_command
+
+        hint = resume_command(output_dir, True, sweep_dir)
+        return prepare_job(cfg, output_dir, run_name, hint, choices, standalone=False)
+    return prepare
+
+
+def _outcome_line(ret: JobReturn) -> str:
+    if ret.status == JobStatus.COMPLETED:
+        accuracy = ret.return_value
+        return "finished" + ("" if accuracy is None else f": test accuracy {accuracy:.4f}")
+    from initopt.checks import user_error_line
+
+    return f"failed: {user_error_line(ret.return_value)}"
 
 
 class PopulationLauncher(Launcher):
@@ -66,19 +105,45 @@ class PopulationLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from initopt.compose import JobComposer
-
         self.config, self.hydra_context = config, hydra_context
-        self.composer = JobComposer(hydra_context.config_loader, config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from initopt.sweep.runner import run_sweep
-
+        clock = PhaseClock()
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        clock.lap("set-up")
+        started = self.prepare(job_overrides, initial_job_idx, clock)
+        returns = self.train([s.ret for s in started])
+        clock.lap("train")
+        self.record_outcomes(started)
+        clock.lap("write")
+        clock.write(len(job_overrides))
+        return returns
+
+    def prepare(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, clock: PhaseClock):
+        """Phase 1: each job's directory, ``.hydra/`` files and checks (see :mod:`initopt.jobstart`)."""
+        from initopt.jobstart import JobStarter
+
+        starter = JobStarter(self.hydra_context, self.config)
+        self.starter = starter
+        clock.lap("compose")
+        task = _prepare_job(str(self.config.hydra.sweep.dir))
         log.info(f"Preparing {len(job_overrides)} jobs for the population launcher")
-        returns = [self._prepare(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        started = []
+        for i, overrides in enumerate(job_overrides):
+            line = f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}"
+            log.info(line)
+            job = starter.start(list(overrides), initial_job_idx + i, task)
+            starter.remember(job, log, line)
+            started.append(job)
+        clock.lap("prepare")
+        return started
+
+    def train(self, returns: list[JobReturn]) -> list[JobReturn]:
+        """Phase 2: the prepared jobs trained as populations; each return holds its test accuracy or error."""
+        from initopt.sweep.runner import run_sweep
+
         prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED]
         outcomes = run_sweep(prepared, self.member_budget)
         for ret in returns:
@@ -90,14 +155,11 @@ class PopulationLauncher(Launcher):
                     ret.return_value = outcome.get("final", {}).get("test_accuracy")
         return returns
 
-    def _prepare(self, overrides: list[str], idx: int) -> JobReturn:
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        sweep_config = self.composer.compose(overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        return run_job(hydra_context=self.hydra_context, task_function=_prepare_job, config=sweep_config,
-                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    def record_outcomes(self, started) -> None:
+        """Each job's outcome line in its own train.log (after its launch line)."""
+        for job in started:
+            self.starter.remember(job, log, _outcome_line(job.ret))
+            self.starter.close(job)
 
 
 @dataclass

@@ -1,0 +1,180 @@
+"""A sweep's jobs started as Hydra's ``run_job`` starts them, for a launcher that trains them later
+in the same process (the population launcher).
+
+Hydra's ``run_job`` per job deep-copies the whole config twice, points logging at the job's
+``train.log`` (a new file handler each job) and dumps the config to YAML three times: ~50-100 ms a
+job, more than a small job trains. :class:`JobStarter` leaves each job's directory as ``run_job``
+does (the test: byte-equal ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``):
+
+* the job's task config is :data:`initopt.compose.JOBS`'s (composed once in this process);
+* ``hydra.yaml``: Hydra's node differs between jobs of one base (one set of config-group choices)
+  in ``overrides``, ``job`` and ``runtime`` only, so the other sections' YAML is made once per
+  base and only those three are dumped per job (the same dumper, at the same indentation);
+* logging is configured once for the whole launch; each job's ``train.log`` gets the job's own
+  lines (:meth:`JobStarter.log`), formatted as Hydra's job logging formats them.
+
+Where a job needs more of Hydra's machinery (a ``hydra.sweep.subdir`` other than
+``${hydra.job.override_dirname}``, a callback that watches each job start and end, a
+``train.log`` named otherwise) it is started the general way: its whole config composed and set
+as the current ``HydraConfig`` while its task function runs, as ``run_job`` does.
+The working directory is never changed (``hydra.job.chdir`` would change it per job while all
+jobs run in one process); every path a job uses is absolute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, env_override
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from initopt.compose import JOBS
+
+DEFAULT_SUBDIR = "${hydra.job.override_dirname}"
+DEFAULT_LOG_FILE = "${hydra.runtime.output_dir}/${hydra.job.name}.log"
+PER_JOB_SECTIONS = ("overrides", "job", "runtime")  # what Hydra's node changes from job to job
+
+
+@dataclass
+class Started:
+    """A started job: what its task function got and where its directory is."""
+
+    ret: JobReturn
+    output_dir: Path
+    log_file: Path | None
+    lines: list[str] = field(default_factory=list)  # its train.log lines, written at the end
+
+
+def _yaml_section(key: str, value) -> str:
+    """One section of Hydra's node as it appears in ``hydra.yaml`` (without the ``hydra:`` line)."""
+    return OmegaConf.to_yaml({"hydra": {key: value}}).split("\n", 1)[1]
+
+
+def _watches_jobs(callbacks) -> bool:
+    return any(type(c).on_job_start is not Callback.on_job_start or type(c).on_job_end is not Callback.on_job_end
+               for c in getattr(callbacks, "callbacks", []))
+
+
+class JobStarter:
+    """Start each job of one launch: directory, ``.hydra/`` files, task function (no training)."""
+
+    def __init__(self, hydra_context, master: DictConfig) -> None:
+        self.loader, self.callbacks, self.master = hydra_context.config_loader, hydra_context.callbacks, master
+        raw = OmegaConf.to_container(master.hydra, resolve=False)
+        log_file = (raw.get("job_logging") or {}).get("handlers", {}).get("file", {}).get("filename")
+        self.fast = (raw["sweep"]["subdir"] == DEFAULT_SUBDIR and log_file in (None, DEFAULT_LOG_FILE)
+                     and not _watches_jobs(self.callbacks))
+        self.sweep_dir = str(master.hydra.sweep.dir) if self.fast else None
+        self.formatter = _file_formatter(master)
+        self._sections: dict[int, tuple[dict, dict[str, str]]] = {}  # id(base) -> hydra node, YAML sections
+
+    def start(self, overrides: list[str], idx: int, task_function) -> Started:
+        return self._start_fast(overrides, idx, task_function) if self.fast else \
+            self._start_general(overrides, idx, task_function)
+
+    # --------------------------------------------------------------- the fast way
+    def _hydra_node(self, base) -> tuple[dict, dict[str, str]]:
+        if id(base) not in self._sections:
+            node = OmegaConf.to_container(base.cfg.hydra, resolve=False)
+            self._sections[id(base)] = node, {k: _yaml_section(k, v) for k, v in node.items()
+                                              if k not in PER_JOB_SECTIONS}
+        return self._sections[id(base)]
+
+    def _start_fast(self, overrides: list[str], idx: int, task_function) -> Started:
+        base, task_overrides, dirname = JOBS.job_hydra(self.loader, self.master, overrides)
+        task_cfg, _ = JOBS.task_config(self.loader, self.master, overrides)
+        output_dir = Path(os.path.abspath(os.path.join(self.sweep_dir, dirname)))
+        node, sections = self._hydra_node(base)
+        per_job = {"overrides": {**node["overrides"], "task": task_overrides},
+                   "job": {**node["job"], "override_dirname": dirname, "id": str(idx), "num": idx},
+                   "runtime": {**node["runtime"], "output_dir": str(output_dir)}}
+        hydra_yaml = "hydra:\n" + "".join(sections.get(k) or _yaml_section(k, per_job[k]) for k in node)
+        ret = JobReturn(overrides=task_overrides, cfg=task_cfg, working_dir=os.getcwd())
+        self._write_hydra_files(node.get("output_subdir"), output_dir, task_cfg, hydra_yaml, task_overrides)
+        with env_override(node["job"].get("env_set") or {}):
+            _run_task(ret, task_function, task_cfg, output_dir, dirname, base.choices)
+        log_file = output_dir / f"{node['job']['name']}.log" if self.formatter else None
+        return Started(ret, output_dir, log_file)
+
+    # ------------------------------------------------------------ the general way
+    def _start_general(self, overrides: list[str], idx: int, task_function) -> Started:
+        config = JOBS.compose(self.loader, self.master, overrides)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        hydra_config = HydraConfig.instance()
+        previous = hydra_config.cfg
+        hydra_config.set_config(config)
+        output_dir = Path(os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(output_dir)
+        hydra_config.set_config(config)
+        try:
+            task_cfg, choices = JOBS.task_config(self.loader, self.master, overrides)
+            overrides_task = list(config.hydra.overrides.task)
+            ret = JobReturn(overrides=overrides_task, cfg=task_cfg, hydra_cfg=hydra_config.cfg, working_dir=os.getcwd())
+            self._write_hydra_files(config.hydra.output_subdir, output_dir, task_cfg,
+                                    OmegaConf.to_yaml(hydra_config.cfg), overrides_task)
+            with env_override(hydra_config.cfg.hydra.job.env_set):
+                self.callbacks.on_job_start(config=config, task_function=task_function)
+                _run_task(ret, task_function, task_cfg, output_dir, config.hydra.job.override_dirname, choices)
+                self.callbacks.on_job_end(config=config, job_return=ret)
+            log_file = OmegaConf.select(config, "hydra.job_logging.handlers.file.filename")
+            return Started(ret, output_dir, Path(log_file) if log_file and self.formatter else None)
+        finally:
+            hydra_config.cfg = previous
+
+    # ------------------------------------------------------------------- shared
+    @staticmethod
+    def _write_hydra_files(output_subdir, output_dir: Path, task_cfg: DictConfig, hydra_yaml: str,
+                           task_overrides: list[str]) -> None:
+        """``config.yaml``, ``hydra.yaml``, ``overrides.yaml`` as ``run_job`` writes them."""
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if output_subdir is None:
+            return
+        folder = output_dir / str(output_subdir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in (("config.yaml", OmegaConf.to_yaml(task_cfg)), ("hydra.yaml", hydra_yaml),
+                           ("overrides.yaml", OmegaConf.to_yaml(task_overrides))):
+            (folder / name).write_text(text, encoding="utf-8")
+
+    def remember(self, started: Started, logger: logging.Logger, message: str) -> None:
+        """A line for the job's train.log (written at :meth:`close`), formatted as Hydra's job logging would."""
+        if started.log_file is not None:
+            record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+            started.lines.append(self.formatter.format(record) + "\n")
+
+    @staticmethod
+    def close(started: Started) -> None:
+        """Write the job's train.log lines (one open per job)."""
+        if started.log_file is not None and started.lines:
+            started.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(started.log_file, "a", encoding="utf-8") as f:
+                f.writelines(started.lines)
+            started.lines.clear()
+
+
+def _run_task(ret: JobReturn, task_function, task_cfg, output_dir: Path, run_name: str, choices: dict) -> None:
+    """The job's task function, as ``run_job`` calls it: an exception fails the job, not the launch."""
+    try:
+        ret.return_value = task_function(task_cfg, output_dir, run_name, choices)
+        ret.status = JobStatus.COMPLETED
+    except Exception as err:
+        ret.return_value = err
+        ret.status = JobStatus.FAILED
+    ret.task_name = JobRuntime.instance().get("name")
+
+
+def _file_formatter(master: DictConfig) -> logging.Formatter | None:
+    """The formatter of Hydra's job-logging file handler (None: no train.log)."""
+    logging_cfg = OmegaConf.to_container(master.hydra.job_logging, resolve=False) or {}
+    handler = (logging_cfg.get("handlers") or {}).get("file")
+    if not handler:
+        return None
+    spec = (logging_cfg.get("formatters") or {}).get(handler.get("formatter"), {})
+    return logging.Formatter(spec.get("format"), spec.get("datefmt"))
