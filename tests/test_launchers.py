@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from conftest import read_metrics, run_cli
@@ -41,15 +42,9 @@ SWEEPS = {
 
 
 def hydra_loader_and_master(sweep: list[str]):
-    from hydra.core.utils import JobRuntime
-    from hydra.types import RunMode
+    from initopt.checks import compose_master
 
-    import initopt.config  # noqa: F401  (the schemas the YAML files extend)
-    from initopt import hydra_compat
-
-    JobRuntime.instance().set("name", "train")
-    loader = hydra_compat.config_loader("pkg://initopt.conf")
-    return loader, loader.load_configuration("train", [*sweep, "hydra.mode=MULTIRUN"], run_mode=RunMode.MULTIRUN)
+    return compose_master(sweep, multirun=True)  # as Hydra composes it (hydra.mode=MULTIRUN added)
 
 
 def comparable(cfg) -> str:
@@ -120,3 +115,79 @@ def test_a_hydra_value_added_after_composing_updates_the_bases_without_composing
             comparable(loader.load_sweep_config(master, job)), job
     assert (composer.compositions, composer.patched) == (4, 4)
     assert "seed" not in composer.compose(loader, master, jobs[0]).hydra.job.override_dirname
+
+
+# ------------------------------------------------------------- the launcher's per-job files
+SMALL = ["steps=2", "model.hidden=[4]", "eval_every=2", "act_every=0", "hist_every=0", "param_every=0"]
+
+
+class _NoCallbacks:
+    def on_job_start(self, **kwargs) -> None: ...
+
+    def on_job_end(self, **kwargs) -> None: ...
+
+
+def hydra_files_by_run_job(sweep: list[str], job: list[str], idx: int) -> dict[str, bytes]:
+    """The ``.hydra/`` files Hydra's own ``run_job`` writes for one job of ``sweep`` (basic launcher's steps)."""
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+    from omegaconf import open_dict
+
+    from initopt.checks import compose_master
+
+    loader, master = compose_master(sweep, multirun=True)
+    _name_runs(loader, master)  # what the HParams callback does first
+    config = loader.load_sweep_config(master, job)
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    ret = run_job(hydra_context=HydraContext(config_loader=loader, callbacks=_NoCallbacks()),
+                  task_function=lambda cfg: None, config=config, job_dir_key="hydra.sweep.dir",
+                  job_subdir_key="hydra.sweep.subdir", configure_logging=False)
+    folder = Path(ret.hydra_cfg.hydra.runtime.output_dir) / ".hydra"
+    return {f.name: f.read_bytes() for f in folder.iterdir()}
+
+
+def _name_runs(loader, master) -> None:
+    from initopt.callbacks import name_runs_by_swept_keys
+    from initopt.compose import sweep_overrides
+
+    name_runs_by_swept_keys(master, sweep_overrides(loader, master))
+
+
+@pytest.mark.parametrize("subdir", [[], ["hydra.sweep.subdir=job${hydra.job.num}"]],
+                         ids=["run names (the fast way)", "another subdir (the general way)"])
+def test_the_launchers_hydra_files_are_byte_equal_to_run_jobs(tmp_path, monkeypatch, subdir):
+    from initopt.compose import JOBS, sweep_jobs
+
+    sweep = ["+launcher=population", "init=zero,he", "optim=sgd,adam", "optim.lr=0.1,0.2", *SMALL,
+             "hydra.sweep.dir=s", *subdir]
+    proc = run_cli("-m", *sweep, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = {}
+    for folder in (tmp_path / "s").glob("*/.hydra"):
+        written[folder.parent.name] = {f.name: f.read_bytes() for f in folder.iterdir()}
+        for f in folder.iterdir():
+            f.unlink()
+    assert len(written) == 8
+    monkeypatch.chdir(tmp_path)  # Hydra records the working directory
+    JOBS.clear()
+    from initopt.checks import compose_master
+
+    loader, master = compose_master(sweep, multirun=True)
+    for idx, job in enumerate(sweep_jobs(loader, master)):
+        by_hydra = hydra_files_by_run_job(sweep, job, idx)
+        name = next(n for n, files in written.items() if files["overrides.yaml"] == by_hydra["overrides.yaml"])
+        assert written[name] == by_hydra, name
+
+
+def test_each_jobs_train_log_holds_its_own_lines(tmp_path):
+    proc = run_cli("-m", "+launcher=population", "init=zero,he", "seed=0,1", *SMALL, "hydra.sweep.dir=s",
+                   cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    assert len(jobs) == 4
+    for job in jobs:
+        launch, outcome = (job / "train.log").read_text().splitlines()
+        assert set(job.name.split(",")) <= set(launch.split(" : ", 1)[1].split()), (job.name, launch)
+        assert "finished: test accuracy" in outcome

@@ -22,6 +22,7 @@ from initopt.data import check_available, check_split, expected_train_size, min_
 from initopt.resources import check_population_fits
 
 CONFIG_MODULE = "initopt.conf"
+VERSION_BASE = "1.3"  # as initopt.train's @hydra.main sets it
 TASK_NAME = "train"  # Hydra's hydra.job.name for initopt.train's task (the name of its module)
 
 
@@ -221,11 +222,13 @@ def check_member_budget(master: DictConfig) -> None:
 def compose_master(argv_overrides: list[str], multirun: bool, config_name: str = "train"):
     """The command line's config as Hydra will compose it first (``hydra.mode`` added as Hydra
     adds it), and the loader that composed it."""
+    from hydra import version
     from hydra.core.utils import JobRuntime
     from hydra.types import RunMode
 
     from initopt import hydra_compat
 
+    version.setbase(VERSION_BASE)
     if JobRuntime.instance().conf.get("name") in (None, "UNKNOWN_NAME"):
         JobRuntime.instance().set("name", TASK_NAME)
     overrides = list(argv_overrides)

@@ -76,7 +76,7 @@ class JobConfigs:
 
         # the config, and the task name Hydra gives a job whose config does not name it
         name = (master.hydra.job.config_name, JobRuntime.instance().get("name"))
-        hydra_overrides = tuple(master.hydra.overrides.hydra)
+        hydra_overrides = tuple(raw(master.hydra.overrides.hydra))
         key = (name, structural, hydra_overrides)
         if key not in self._bases:
             older = self._patchable(loader, name, structural, hydra_overrides)
@@ -87,7 +87,7 @@ class JobConfigs:
     def _composed(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:
         cfg = loader.load_sweep_config(master, list(structural))
         self.compositions += 1
-        return Base(cfg, tuple(master.hydra.overrides.hydra), _without_hydra(cfg), dict(cfg.hydra.runtime.choices))
+        return Base(cfg, tuple(raw(master.hydra.overrides.hydra)), _without_hydra(cfg), dict(cfg.hydra.runtime.choices))
 
     def _patchable(self, loader, name: str, structural: tuple[str, ...], hydra_overrides: tuple[str, ...]):
         """A base of the same structural overrides composed under a prefix of ``hydra_overrides``,
@@ -108,7 +108,8 @@ class JobConfigs:
         hydra_compat.apply_value_overrides(self.parser.parse_overrides(added), cfg)
         with read_write(cfg.hydra), open_dict(cfg.hydra):
             at = len(base.hydra_overrides)
-            cfg.hydra.overrides.hydra = [*cfg.hydra.overrides.hydra[:at], *added, *cfg.hydra.overrides.hydra[at:]]
+            recorded = raw(cfg.hydra.overrides.hydra)
+            cfg.hydra.overrides.hydra = [*recorded[:at], *added, *recorded[at:]]
         self.patched += 1
         return Base(cfg, hydra_overrides, base.task, base.choices)
 
@@ -161,14 +162,14 @@ def sweep_overrides(loader, master: DictConfig) -> list[Override]:
     """The sweep as the basic sweeper sees it: ``hydra.sweeper.params``, then the command line."""
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=loader)
-    return parser.parse_overrides(params + list(master.hydra.overrides.task))
+    return parser.parse_overrides(params + raw(master.hydra.overrides.task))
 
 
 def sweep_jobs(loader, master: DictConfig) -> list[list[str]]:
     """Every job's override list, as the basic sweeper expands the sweep (another sweeper's sweep:
     the master config's own overrides, one job)."""
     if not expands_like_basic_sweeper(master):
-        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(master.hydra.overrides.task))
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(raw(master.hydra.overrides.task))
         return [[o.input_line for o in parsed if not o.is_sweep_override()]]
     return hydra_compat.expand_sweep(sweep_overrides(loader, master))
 
@@ -176,6 +177,11 @@ def sweep_jobs(loader, master: DictConfig) -> list[list[str]]:
 def task_part(cfg: DictConfig) -> DictConfig:
     """A composed config without Hydra's node (a copy)."""
     return _without_hydra(cfg)
+
+
+def raw(overrides) -> list[str]:
+    """A list of overrides as typed (``${...}`` in an override is not resolved)."""
+    return OmegaConf.to_container(overrides, resolve=False)
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:

@@ -33,7 +33,7 @@ from hydra.core.utils import JobReturn, JobRuntime, JobStatus, env_override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from initopt.compose import JOBS
+from initopt.compose import JOBS, raw
 
 DEFAULT_SUBDIR = "${hydra.job.override_dirname}"
 DEFAULT_LOG_FILE = "${hydra.runtime.output_dir}/${hydra.job.name}.log"
@@ -116,7 +116,7 @@ class JobStarter:
         hydra_config.set_config(config)
         try:
             task_cfg, choices = JOBS.task_config(self.loader, self.master, overrides)
-            overrides_task = list(config.hydra.overrides.task)
+            overrides_task = raw(config.hydra.overrides.task)
             ret = JobReturn(overrides=overrides_task, cfg=task_cfg, hydra_cfg=hydra_config.cfg, working_dir=os.getcwd())
             self._write_hydra_files(config.hydra.output_subdir, output_dir, task_cfg,
                                     OmegaConf.to_yaml(hydra_config.cfg), overrides_task)
