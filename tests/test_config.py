@@ -82,6 +82,42 @@ def test_a_bad_value_inside_a_sweep_is_caught_before_any_job_runs():
     assert "init=kaiming" in user_error_line(info.value)
 
 
+SWEEP_BAD_INPUTS = [
+    # a bad combination: 700 examples a batch, but data.n_samples=200 leaves 150 to train on
+    (["batch_size=64,700", "data.n_samples=1000,200"], ["batch_size=700", "150"]),
+    (["+launcher=population", "hydra.launcher.member_budget=-3"],
+     ["hydra.launcher.member_budget=-3", "integer >= 0", "0 = no budget"]),
+    (["+launcher=population", "hydra.launcher.member_budget=abc"], ["hydra.launcher.member_budget", "abc"]),
+    (["+launcher=population", "hydra.launcher.member_budget=1.5"], ["hydra.launcher.member_budget", "1.5"]),
+    (["+experiment=dlai_init", "optim.lr=0.1,-1"], ["optim.lr=-1.0", "> 0"]),  # its own sweep expanded too
+]
+
+
+@pytest.mark.parametrize("overrides,words", SWEEP_BAD_INPUTS, ids=[" ".join(o) for o, _ in SWEEP_BAD_INPUTS])
+def test_every_job_of_a_sweep_is_checked_before_the_first_runs(overrides, words):
+    with pytest.raises(Exception) as info:
+        precheck_command_line(["-m", *overrides])
+    line = user_error_line(info.value)
+    assert "\n" not in line
+    for word in words:
+        assert word in line
+
+
+def test_a_sweeps_jobs_are_composed_once_per_set_of_group_choices():
+    from initopt.compose import JOBS
+
+    JOBS.clear()
+    precheck_command_line(["-m", "init=zero,he", "optim=sgd,adam", "seed=0,1,2", "optim.lr=0.1,0.01"])
+    assert JOBS.compositions == 4  # init x optim; seeds and rates applied to copies
+
+
+def test_a_bad_combination_in_a_sweep_exits_2_in_one_line_before_any_job(tmp_path):
+    proc = run_cli("-m", "batch_size=64,700", "data.n_samples=1000,200", "steps=2", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "batch_size=700" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_bad_override_exits_non_zero_with_one_line_and_writes_nothing(tmp_path):
     proc = run_cli("init=kaiming", cwd=tmp_path)
     assert proc.returncode == 2
