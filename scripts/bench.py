@@ -8,6 +8,9 @@
 4. the homework grid (4 inits x 3 optimizers x 5 seeds) wall time: plain multirun, multirun with
    replicas=5, and the joblib launcher with 2 workers of one thread each
 5. the big MLP's achieved FLOP/s (6 x weights x batch per step) / measured fp32 matmul peak
+6. the population launcher's own time per job: (N-job sweep - 1-job sweep) / (N - 1), 2 steps a
+   job (N = 600, the study's grid; 60 with --quick), and where each sweep's time goes, phase by
+   phase (the launcher writes them where INITOPT_PHASE_TIMES says)
 
 toy = 2-64-64-1 ReLU on moons, batch 64; big = 784-512-256-256-128-10 ReLU on Fashion-MNIST
 (random data of that shape when the files are absent), batch 256; EMA momentum throughout.
@@ -155,6 +158,29 @@ def grid_wall(args: list[str], tmp: Path, env_extra: dict | None = None) -> floa
     return time.perf_counter() - start
 
 
+PHASES = ("set-up", "compose", "prepare", "train", "write")
+
+
+def launcher_phases(args: list[str], sweep_dir: Path) -> dict[str, float]:
+    """One population sweep's wall time split into phases: start-up (process start to the launch:
+    imports, checks, Hydra's composition, the HParams callback), the launcher's own phases, and
+    the exit (the launch's end to the process's)."""
+    times = sweep_dir.with_suffix(".phases.json")
+    start = time.time()
+    wall = grid_wall(["+launcher=population", *args], sweep_dir, {"INITOPT_PHASE_TIMES": str(times)})
+    recorded = json.loads(times.read_text())
+    phases = {"start-up": recorded["launch_started"] - start, **recorded["seconds"]}
+    phases["exit"] = wall - sum(phases.values())
+    return {"wall": wall, "jobs": recorded["jobs"], **phases}
+
+
+def print_phases(sweeps: dict[str, dict[str, float]]) -> None:
+    names = ["start-up", *PHASES, "exit", "wall"]
+    print(f"{'launcher phases (s)':<34}" + "".join(f"{n:>9}" for n in names))
+    for label, phases in sweeps.items():
+        print(f"{label:<34}" + "".join(f"{phases.get(n, 0.0):9.2f}" for n in names))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes)")
@@ -241,6 +267,21 @@ def main() -> None:
                      lr_walls["population"] / lr_walls["plain"], ">= 8x faster"))
         walls.update({f"lr sweep, {k} (36 jobs)": v for k, v in lr_walls.items()})
 
+        # 6. the launcher's own time per job: the study's grid (600 jobs; 60 quick) at 2 steps, less one job
+        per_job_grid = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "model.hidden=[64,64]", "steps=2",
+                        "eval_every=100", "act_every=0"]
+        many = [*per_job_grid, "seed=0,1,2,3,4"] if q else \
+            [*per_job_grid, "optim.lr=0.003,0.01,0.03,0.1,0.3", "seed=0,1,2,3,4,5,6,7,8,9"]
+        one = ["init=he", "optim=sgd", *per_job_grid[2:]]
+        sweeps = {"1 job, 2 steps": launcher_phases(one, tmp / "p1"),
+                  f"{60 if q else 600} jobs, 2 steps": launcher_phases(many, tmp / "p2")}
+        results["launcher_phases_s"] = sweeps
+        a, b = sweeps.values()
+        per_job_ms = (b["wall"] - a["wall"]) / (b["jobs"] - a["jobs"]) * 1e3
+        results["launcher_ms_per_job"] = per_job_ms
+        rows.append((f"6. launcher's own time per job, ms ({b['jobs']}-job - 1-job sweep) / 15 ms",
+                     per_job_ms / 15, "<= 1"))
+
         if not q:  # the headline: the full study, 600 runs of 1500 steps
             study = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "optim.lr=0.003,0.01,0.03,0.1,0.3",
                      "seed=0,1,2,3,4,5,6,7,8,9", "model.hidden=[64,64]", "steps=1500", "eval_every=500",
@@ -272,6 +313,7 @@ def main() -> None:
     for name, wall in walls.items():
         print(f"   grid wall time, {name}: {wall:.1f} s")
     print(f"   big MLP: {achieved / 1e9:.1f} GFLOP/s achieved, matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print_phases(sweeps)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

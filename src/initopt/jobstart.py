@@ -8,8 +8,8 @@ does (the test: byte-equal ``.hydra/config.yaml``, ``hydra.yaml`` and ``override
 
 * the job's task config is :data:`initopt.compose.JOBS`'s (composed once in this process);
 * ``hydra.yaml``: Hydra's node differs between jobs of one base (one set of config-group choices)
-  in ``overrides``, ``job`` and ``runtime`` only, so the other sections' YAML is made once per
-  base and only those three are dumped per job (the same dumper, at the same indentation);
+  in five values only (:data:`PER_JOB`), so the YAML of everything else is made once per base,
+  and per job only those five are dumped (by OmegaConf, at the same indentation) and put in place;
 * logging is configured once for the whole launch; each job's ``train.log`` gets the job's own
   lines (:meth:`JobStarter.log`), formatted as Hydra's job logging formats them.
 
@@ -37,7 +37,8 @@ from initopt.compose import JOBS, raw
 
 DEFAULT_SUBDIR = "${hydra.job.override_dirname}"
 DEFAULT_LOG_FILE = "${hydra.runtime.output_dir}/${hydra.job.name}.log"
-PER_JOB_SECTIONS = ("overrides", "job", "runtime")  # what Hydra's node changes from job to job
+# what Hydra's node changes from job to job (within one set of config-group choices)
+PER_JOB = (("overrides", "task"), ("job", "override_dirname"), ("job", "id"), ("job", "num"), ("runtime", "output_dir"))
 
 
 @dataclass
@@ -50,9 +51,27 @@ class Started:
     lines: list[str] = field(default_factory=list)  # its train.log lines, written at the end
 
 
-def _yaml_section(key: str, value) -> str:
-    """One section of Hydra's node as it appears in ``hydra.yaml`` (without the ``hydra:`` line)."""
-    return OmegaConf.to_yaml({"hydra": {key: value}}).split("\n", 1)[1]
+def _yaml_at(path: tuple[str, ...], value) -> str:
+    """The YAML of ``hydra.<path>`` as it appears in ``hydra.yaml``: its lines, at its indentation."""
+    nested = value
+    for key in reversed(path):
+        nested = {key: nested}
+    return OmegaConf.to_yaml({"hydra": nested}).split("\n", len(path))[len(path)]
+
+
+def _layout(node: dict) -> list[tuple[tuple[str, ...], str | None]]:
+    """``hydra.yaml`` of one base as pieces in document order: (path, its YAML), None where a job's own
+    value goes."""
+    parents = {path[0] for path in PER_JOB}
+    pieces = []
+    for key, value in node.items():
+        if key not in parents or not value:
+            pieces.append(((key,), _yaml_at((key,), value)))
+            continue
+        pieces.append(((key,), f"  {key}:\n"))
+        for sub, sub_value in value.items():
+            pieces.append(((key, sub), None if (key, sub) in PER_JOB else _yaml_at((key, sub), sub_value)))
+    return pieces
 
 
 def _watches_jobs(callbacks) -> bool:
@@ -71,29 +90,26 @@ class JobStarter:
                      and not _watches_jobs(self.callbacks))
         self.sweep_dir = str(master.hydra.sweep.dir) if self.fast else None
         self.formatter = _file_formatter(master)
-        self._sections: dict[int, tuple[dict, dict[str, str]]] = {}  # id(base) -> hydra node, YAML sections
+        self._layouts: dict[int, tuple[dict, list]] = {}  # id(base) -> its Hydra node, hydra.yaml's pieces
 
     def start(self, overrides: list[str], idx: int, task_function) -> Started:
         return self._start_fast(overrides, idx, task_function) if self.fast else \
             self._start_general(overrides, idx, task_function)
 
     # --------------------------------------------------------------- the fast way
-    def _hydra_node(self, base) -> tuple[dict, dict[str, str]]:
-        if id(base) not in self._sections:
+    def _hydra_node(self, base) -> tuple[dict, list]:
+        if id(base) not in self._layouts:
             node = OmegaConf.to_container(base.cfg.hydra, resolve=False)
-            self._sections[id(base)] = node, {k: _yaml_section(k, v) for k, v in node.items()
-                                              if k not in PER_JOB_SECTIONS}
-        return self._sections[id(base)]
+            self._layouts[id(base)] = node, _layout(node)
+        return self._layouts[id(base)]
 
     def _start_fast(self, overrides: list[str], idx: int, task_function) -> Started:
         base, task_overrides, dirname = JOBS.job_hydra(self.loader, self.master, overrides)
         task_cfg, _ = JOBS.task_config(self.loader, self.master, overrides)
         output_dir = Path(os.path.abspath(os.path.join(self.sweep_dir, dirname)))
-        node, sections = self._hydra_node(base)
-        per_job = {"overrides": {**node["overrides"], "task": task_overrides},
-                   "job": {**node["job"], "override_dirname": dirname, "id": str(idx), "num": idx},
-                   "runtime": {**node["runtime"], "output_dir": str(output_dir)}}
-        hydra_yaml = "hydra:\n" + "".join(sections.get(k) or _yaml_section(k, per_job[k]) for k in node)
+        node, pieces = self._hydra_node(base)
+        own = dict(zip(PER_JOB, (task_overrides, dirname, str(idx), idx, str(output_dir))))
+        hydra_yaml = "hydra:\n" + "".join(_yaml_at(path, own[path]) if text is None else text for path, text in pieces)
         ret = JobReturn(overrides=task_overrides, cfg=task_cfg, working_dir=os.getcwd())
         self._write_hydra_files(node.get("output_subdir"), output_dir, task_cfg, hydra_yaml, task_overrides)
         with env_override(node["job"].get("env_set") or {}):
