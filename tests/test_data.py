@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -124,3 +127,23 @@ def test_each_member_draws_the_batches_of_a_separate_sampler_with_its_seed():
 
 def test_a_batch_as_large_as_the_data_is_full_batch_gradient_descent():
     assert BatchSampler(100, 100, seeds=[0], device=CPU).next_indices() is None
+
+
+def test_generated_data_is_kept_and_read_back_equal_without_importing_scikit_learn(tmp_path):
+    """The second load of a generated dataset reads the kept file: the same tensors, and a fresh
+    process that loads it imports neither scikit-learn nor SciPy."""
+    code = """
+import sys, torch
+from initopt.checks import compose_job
+from initopt.data import load_dataset
+data = load_dataset(compose_job(["data=circles", "data.n_samples=300"]).data, torch.device("cpu"), torch.float64)
+torch.save([data.x_train, data.y_train, data.x_test, data.y_test], sys.argv[1])
+print(sorted(m for m in ("sklearn", "scipy") if m in sys.modules))
+"""
+    env = {**os.environ, "INITOPT_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.pt")], env=env, capture_output=True, text=True)
+    second = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.pt")], env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    assert first.stdout.strip() == "['scipy', 'sklearn']" and second.stdout.strip() == "[]"
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert all(torch.equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))

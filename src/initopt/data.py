@@ -316,6 +316,41 @@ def _torchvision_dataset(cfg: DictConfig) -> Dataset:
     return Dataset(x_tr, y_tr, x_te, y_te, num_classes=10)
 
 
+def _generated_file(cfg: DictConfig) -> Path:
+    """Where scikit-learn's dataset for ``cfg`` is kept: one file per data config and scikit-learn version."""
+    from importlib.metadata import version
+
+    from omegaconf import OmegaConf
+
+    stamp = repr((OmegaConf.to_container(cfg, resolve=True), version("scikit-learn")))
+    return CACHE_DIR / "generated" / f"{cfg.name}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.npz"
+
+
+def _sklearn_dataset_kept(cfg: DictConfig) -> Dataset:
+    """:func:`_sklearn_dataset`, kept on disk after the first time: importing scikit-learn (and the
+    SciPy it imports) takes longer than a small run trains. An unreadable file is made again; an
+    unwritable cache is skipped."""
+    import numpy as np
+
+    path = _generated_file(cfg)
+    try:
+        with np.load(path) as f:
+            arrays = [torch.as_tensor(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")]
+            return Dataset(*arrays, int(f["num_classes"]))
+    except (OSError, KeyError, ValueError):
+        pass
+    data = _sklearn_dataset(cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
+        np.savez(partial, x_train=data.x_train.numpy(), y_train=data.y_train.numpy(), x_test=data.x_test.numpy(),
+                 y_test=data.y_test.numpy(), num_classes=data.num_classes)
+        os.replace(partial, path)  # whole or not at all
+    except OSError:
+        pass
+    return data
+
+
 def load_dataset(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Dataset:
     """Build the configured dataset and move it to ``device`` once, for the whole run."""
     if cfg.name in TORCHVISION_CLASSES:
@@ -323,7 +358,7 @@ def load_dataset(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> D
     elif cfg.name == "lstsq":
         data = least_squares_problem(cfg)
     else:
-        data = _sklearn_dataset(cfg)
+        data = _sklearn_dataset_kept(cfg)
     if cfg.limit_train:
         data.x_train, data.y_train = data.x_train[: cfg.limit_train], data.y_train[: cfg.limit_train]
     return data.to(device, dtype)
