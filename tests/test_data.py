@@ -141,8 +141,8 @@ torch.save([data.x_train, data.y_train, data.x_test, data.y_test], sys.argv[1])
 print(sorted(m for m in ("sklearn", "scipy") if m in sys.modules))
 """
     env = {**os.environ, "INITOPT_CACHE": str(tmp_path / "cache")}
-    first = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.pt")], env=env, capture_output=True, text=True)
-    second = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.pt")], env=env, capture_output=True, text=True)
+    first, second = (subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], env=env,
+                                    capture_output=True, text=True) for name in ("a.pt", "b.pt"))
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
     assert first.stdout.strip() == "['scipy', 'sklearn']" and second.stdout.strip() == "[]"
     a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
