@@ -59,10 +59,18 @@ def load_data(cfg: DictConfig) -> Dataset:
     return data
 
 
+_MODES: dict[tuple, ReplicasMode] = {}
+
+
 def replicas_mode(cfg: DictConfig, data: Dataset) -> ReplicasMode:
-    """How a job's members train together: the configured replicas_mode, auto decided by size."""
-    probe = build_model(cfg.model, data.n_features, data.n_outputs)
-    return ReplicasMode(engine.forward_mode(cfg.replicas_mode, probe, cfg.batch_size))
+    """How a job's members train together: the configured replicas_mode, auto decided by size
+    (one probe model per process for each model, mode, batch size and data shape)."""
+    key = (repr(OmegaConf.to_container(cfg.model, resolve=True)), cfg.replicas_mode, cfg.batch_size,
+           data.n_features, data.n_outputs)
+    if key not in _MODES:
+        probe = build_model(cfg.model, data.n_features, data.n_outputs)
+        _MODES[key] = ReplicasMode(engine.forward_mode(cfg.replicas_mode, probe, cfg.batch_size))
+    return _MODES[key]
 
 
 # -------------------------------------------------------------------------- runtime settings
