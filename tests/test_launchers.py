@@ -191,3 +191,12 @@ def test_each_jobs_train_log_holds_its_own_lines(tmp_path):
         launch, outcome = (job / "train.log").read_text().splitlines()
         assert set(job.name.split(",")) <= set(launch.split(" : ", 1)[1].split()), (job.name, launch)
         assert "finished: test accuracy" in outcome
+
+
+def test_an_untested_hydra_version_is_refused_in_one_line():
+    from initopt.hydra_compat import UntestedHydra, check_version
+
+    check_version("1.3.8")
+    with pytest.raises(UntestedHydra) as info:
+        check_version("1.4.0")
+    assert "\n" not in str(info.value) and "hydra-core 1.4.0" in str(info.value) and "1.3.x" in str(info.value)
