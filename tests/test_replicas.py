@@ -59,10 +59,10 @@ def test_a_replica_job_writes_per_replica_and_aggregate_results(replica_job):
         assert [e.step for e in tags["grad_norm/fc1.weight"]] == list(range(1, 41))
         assert tags["activation_std/act1"][0].step == 0
     agg = scalar_tags(replica_job / "job/mean")
-    band = [f"replica_band/{t}/{s}" for t in ("loss/batch", "grad_norm/fc1.weight", "accuracy/test")
+    band = [f"seed_band/{t}/{s}" for t in ("loss/batch", "grad_norm/fc1.weight", "accuracy/test")
             for s in ("mean", "min", "max")]
     assert {"loss/batch", *band} <= agg.keys()
-    lo, mean, hi = (agg[f"replica_band/loss/batch/{s}"][-1].value for s in ("min", "mean", "max"))
+    lo, mean, hi = (agg[f"seed_band/loss/batch/{s}"][-1].value for s in ("min", "mean", "max"))
     assert lo <= mean <= hi and mean == agg["loss/batch"][-1].value
 
 

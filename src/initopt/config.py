@@ -180,6 +180,7 @@ class TrainConfig:
     act_every: int = 10
     param_every: int = 50
     hist_every: int = 250
+    hist_tensors: str = r"\.weight$"  # regex: histograms of the tensors whose name it finds
     checkpoint_every: int = 0
     resume: bool = True
     overwrite: bool = False
@@ -335,7 +336,17 @@ def validate(cfg: DictConfig) -> None:
         _positive(key, cfg[key])
     for key in ("log_every", "act_every", "param_every", "hist_every", "checkpoint_every"):
         _non_negative(key, cfg[key])
+    _check_regex("hist_tensors", cfg.get("hist_tensors", ""))
     _check_threads(cfg.threads)
+
+
+def _check_regex(key: str, value) -> None:
+    import re
+
+    try:
+        re.compile(str(value))
+    except re.error as err:
+        raise ConfigError(key, value, f"a regular expression (Python re): {err}") from None
 
 
 def register_resolvers() -> None:

@@ -1,14 +1,16 @@
-"""The gradient-norm heat map as a PNG: parameter tensor x step, drawn as pixels.
+"""The gradient-norm heat map as a PNG: parameter tensor x step, drawn as pixels, with axes.
 
-Rows are the parameter tensors in network order (input layer at the top), columns the
-logged steps, averaged into at most ``max_columns`` bins of consecutive steps. The colour is
-log10 of the L2 norm (matplotlib's magma) between the smallest and largest positive norm, with
-a colour bar on the right (bottom: smallest, top: largest); an exact zero (zero init's weight
-gradients) gets its own colour instead of stretching the bar; a non-finite norm is grey. The
-axis values go into the image's description (:func:`heatmap_description`).
+Rows are the parameter tensors in network order (input layer at the top, their names on the
+left), columns the steps on a log axis (:func:`log_columns`: a pixel column covers an equal
+step ratio, so step 1 is as wide as steps 100-199; ticks at 1, 10, 100, ... below). The colour is
+log10 of the L2 norm (matplotlib's magma) on a given scale ``(lo, hi)`` (a sweep's: every run
+of the sweep on the same one; by default the norms' own range), printed at the ends of the
+colour bar on the right; an exact zero (zero init's weight gradients) gets its own colour
+instead of stretching the bar; a non-finite norm is grey. The axis values also go into the
+image's description (:func:`heatmap_description`).
 
-Drawn with numpy and encoded with zlib rather than through a matplotlib figure: a figure cost
-~0.2-0.4 s a run (layout and text), more than a small run trains; every run writes one.
+Pixels with numpy, text with Pillow's default font (matplotlib's dependency): a matplotlib
+figure cost ~0.2-0.4 s a run (layout and text), more than a small run trains.
 """
 
 from __future__ import annotations
@@ -23,18 +25,23 @@ ZERO_COLOUR = (0.0, 0.75, 0.85, 1.0)  # cyan: not in magma
 NON_FINITE_COLOUR = (0.6, 0.6, 0.6, 1.0)
 
 
-def binned_columns(steps: np.ndarray, norms: np.ndarray, max_columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean step and mean norm of at most ``max_columns`` bins of consecutive rows (a bin's
-    mean is exactly 0 only if all its norms are 0)."""
-    if len(steps) <= max_columns:
-        return steps.astype(float), norms
-    edges = np.linspace(0, len(steps), max_columns + 1).astype(int)
-    pairs = list(zip(edges[:-1], edges[1:]))
-    return (np.array([steps[a:b].mean() for a, b in pairs]),
-            np.stack([norms[a:b].mean(0) for a, b in pairs]))
+def log_columns(steps: np.ndarray, norms: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(edges, grid)``: ``width`` pixel columns of equal log-step width from the first step to
+    one past the last; column j is the mean of the rows whose step interval ``[s_i, s_i+1)``
+    meets ``[edges[j], edges[j+1])`` (a step wider than a pixel fills several columns; the mean
+    is exactly 0 only if all its norms are 0). ``grid`` is ``(width, P)``."""
+    steps = np.asarray(steps, dtype=float)
+    ends = np.append(steps[1:], steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1.0))
+    first = max(steps[0], 1.0)
+    edges = np.geomspace(first, ends[-1], width + 1)
+    lo = np.searchsorted(ends, edges[:-1], side="right")  # first row ending after the column starts
+    hi = np.searchsorted(steps, edges[1:], side="left")  # rows starting before the column ends
+    hi = np.maximum(hi, lo + 1)
+    grid = np.stack([norms[a:b].mean(0) for a, b in zip(lo.tolist(), hi.tolist())])
+    return edges, grid
 
 
-ROW_PX, MIN_WIDTH, BAR_PX, GAP_PX = 16, 400, 16, 6
+ROW_PX, WIDTH, BAR_PX, GAP_PX, PAD = 16, 400, 16, 6, 4
 
 
 @cache
@@ -73,26 +80,74 @@ def _colours(grid: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return rgb
 
 
+@cache
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _text_width(draw, text: str) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=_font())
+    return int(right - left)
+
+
+def _decade_ticks(first: float, last: float) -> list[int]:
+    """1, 10, 100, ... within ``[first, last]`` (at least the two ends)."""
+    ticks = [10**d for d in range(0, 10) if first <= 10**d <= last]
+    return ticks or [int(first), int(last)]
+
+
 def grad_norm_heatmap_png(steps: np.ndarray, norms: np.ndarray, names: list[str],
-                          max_columns: int = 400) -> tuple[bytes, int, int]:
-    """``(png, width, height)`` of the heat map of ``norms`` (n steps x P tensors)."""
-    _, grid = binned_columns(np.asarray(steps), np.asarray(norms, dtype=float), max_columns)
-    grid = grid.T  # tensors x steps
-    lo, hi = norm_range(grid)
-    cells = _colours(grid, lo, hi)
-    col_px = max(1, -(-MIN_WIDTH // grid.shape[1]))
-    body = np.repeat(np.repeat(cells, ROW_PX, axis=0), col_px, axis=1)
-    height = body.shape[0]
-    bar = _magma()[np.linspace(255, 0, height).round().astype(int)][:, None, :].repeat(BAR_PX, axis=1)
-    gap = np.full((height, GAP_PX, 3), 255, np.uint8)
-    image = np.concatenate([body, gap, bar], axis=1)
-    return encode_png(image), image.shape[1], image.shape[0]
+                          scale: tuple[float, float] | None = None, width: int = WIDTH) -> tuple[bytes, int, int]:
+    """``(png, width, height)`` of the heat map of ``norms`` (n steps x P tensors) on the colour
+    scale ``scale`` (default :func:`norm_range` of ``norms``)."""
+    from PIL import Image, ImageDraw
+
+    norms = np.asarray(norms, dtype=float)
+    lo, hi = scale or norm_range(norms)
+    edges, grid = log_columns(np.asarray(steps), norms, width)
+    body = np.repeat(_colours(grid.T, lo, hi), ROW_PX, axis=0)  # tensors x pixel columns
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = int(probe.textbbox((0, 0), "0", font=_font())[3]) + 2
+    label_w = max(_text_width(probe, n) for n in names) + 2 * PAD
+    bar_label = [f"{hi:.3g}", f"{lo:.3g}"]
+    right_w = GAP_PX + BAR_PX + PAD + max(_text_width(probe, t) for t in bar_label) + PAD
+    top, bottom = line + PAD, 2 * line + 2 * PAD
+    h_body = body.shape[0]
+    canvas = np.full((top + h_body + bottom, label_w + width + right_w, 3), 255, np.uint8)
+    canvas[top:top + h_body, label_w:label_w + width] = body
+    bar = _magma()[np.linspace(255, 0, h_body).round().astype(int)][:, None, :].repeat(BAR_PX, axis=1)
+    x_bar = label_w + width + GAP_PX
+    canvas[top:top + h_body, x_bar:x_bar + BAR_PX] = bar
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    ink = (0, 0, 0)
+    draw.text((PAD, 1), "gradient L2 norm per tensor, log colour", fill=ink, font=_font())
+    for r, name in enumerate(names):
+        draw.text((label_w - PAD - _text_width(draw, name), top + r * ROW_PX + (ROW_PX - line) // 2 + 1),
+                  name, fill=ink, font=_font())
+    log_first, log_span = np.log(edges[0]), np.log(edges[-1]) - np.log(edges[0])
+    y_axis = top + h_body
+    for tick in _decade_ticks(edges[0], edges[-2]):
+        x = label_w + int(round((np.log(tick) - log_first) / log_span * width)) if log_span > 0 else label_w
+        draw.line([(x, y_axis), (x, y_axis + PAD)], fill=ink)
+        text = str(tick)
+        draw.text((min(max(x - _text_width(draw, text) // 2, label_w), label_w + width - _text_width(draw, text)),
+                   y_axis + PAD), text, fill=ink, font=_font())
+    draw.text((label_w, y_axis + PAD + line), "step (log scale)", fill=ink, font=_font())
+    draw.text((x_bar + BAR_PX + PAD, top), bar_label[0], fill=ink, font=_font())
+    draw.text((x_bar + BAR_PX + PAD, top + h_body - line), bar_label[1], fill=ink, font=_font())
+    return encode_png(np.asarray(image)), image.width, image.height
 
 
-def heatmap_description(steps: np.ndarray, norms: np.ndarray, names: list[str]) -> str:
+def heatmap_description(steps: np.ndarray, norms: np.ndarray, names: list[str],
+                        scale: tuple[float, float] | None = None) -> str:
     """What the pixels mean: rows, columns and the colour scale's ends."""
-    lo, hi = norm_range(np.asarray(norms, dtype=float))
-    zero = " Cyan: exactly 0." if (np.asarray(norms) == 0).any() else ""
+    norms = np.asarray(norms, dtype=float)
+    lo, hi = scale or norm_range(norms)
+    zero = " Cyan: exactly 0." if (norms == 0).any() else ""
     return (f"Gradient L2 norm per parameter tensor. Rows, top to bottom: {', '.join(names)}. "
-            f"Columns: steps {int(steps[0])} to {int(steps[-1])}. Colour: log10 norm, magma, from {lo:.3g} "
-            f"(dark) to {hi:.3g} (bright), the bar on the right.{zero} Grey: not finite.")
+            f"Columns: steps {int(steps[0])} to {int(steps[-1])} on a log axis. Colour: log10 norm, magma, "
+            f"from {lo:.3g} (dark) to {hi:.3g} (bright), the bar on the right (the same scale for every "
+            f"run of a sweep).{zero} Grey: not finite.")

@@ -6,14 +6,20 @@ The plugin reads three summaries (TensorBoard's ``api.proto``; written by :mod:`
   domain (every value the sweep gives it, so the value filter lists them) and whether it
   ``differs`` between runs (the plugin puts those columns first and shows the first five),
   and the metrics: scalar tags whose last value fills the table and whose curves
-  "Show Metrics" draws (:data:`METRICS`);
+  "Show Metrics" draws (:data:`METRICS`, with display names);
 * per run a *session start*: the run's values (:func:`run_hparams`) and a group name; runs
   sharing a group are one row of the table (a replica job's seeds, :func:`sessions`);
 * per run a *session end*: success, or failure for a diverged run.
 
 A sweep's experiment is computed on multirun start from every job's composed config
-(:mod:`initopt.callbacks`); a single run's from its own values. Integers (seed, steps,
-batch size) are strings so that the table shows ``0``, not the plugin's ``0.0000``.
+(:mod:`initopt.callbacks`) and extended at its end by the group runs' rows
+(:mod:`initopt.groupruns`); a single run's from its own values. Integers (seed, steps, batch
+size) are numbers, so the table sorts and filters them as numbers; a row that pools several
+seeds (a replica job's seeds, a mean run, a group run) has ``seeds`` (``0..4``) instead of ``seed``.
+
+The optimizer columns are true for every form: ``optim.torch_lr`` and ``optim.torch_momentum``
+(the ``torch.optim`` call that performs the same update) and ``optim.steady_step`` (the step a
+constant gradient g settles to, divided by g: :func:`steady_step`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,13 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from initopt.optim import momentum_sgd_arguments
+
 GROUPS = ("model", "init", "optim", "data")
-METRICS = ("loss/train", "loss/test", "accuracy/train", "accuracy/test", "grad_summary/mean_norm")
+# The table's metrics (scalar tags, their last value) and the names its header shows.
+METRICS = {"loss/train": "training loss", "loss/test": "held-out loss", "accuracy/train": "training accuracy",
+           "accuracy/test": "held-out accuracy",
+           "grad_summary/mean_norm_smooth": "mean gradient norm (last window)"}
 Value = str | float
 
 # Config keys per init / optimizer that the HParams table shows, where the option has them.
@@ -32,12 +43,25 @@ INIT_KEYS = ("std", "gain", "mode", "distribution")
 OPTIM_KEYS = ("lr", "beta", "form", "beta1", "beta2", "eps", "weight_decay")
 
 
-def effective_lr(optim: DictConfig) -> float:
-    """The learning rate torch.optim applies to the update direction: ``lr * beta`` for the
-    EMA momentum form (``SGD(lr*beta, momentum=1-beta)``), ``lr`` otherwise."""
-    if optim.name == "momentum" and optim.get("form") == "ema":
-        return float(optim.lr) * float(optim.beta)
-    return float(optim.lr)
+def torch_equivalent(optim: DictConfig) -> tuple[float, float]:
+    """``(lr, momentum)`` of the ``torch.optim`` call doing the same update: SGD ``(lr, 0)``;
+    EMA momentum ``SGD(lr * beta, momentum=1 - beta)``; heavy ball ``SGD(lr, momentum=1 - beta)``;
+    Adam ``(lr, 0)`` (its betas are columns of their own)."""
+    if optim.name == "momentum":
+        args = momentum_sgd_arguments(float(optim.lr), float(optim.beta), str(optim.form))
+        return float(args["lr"]), float(args["momentum"])
+    return float(optim.lr), 0.0
+
+
+def steady_step(optim: DictConfig) -> float:
+    """The steady-state step size: under a constant gradient g the update settles to
+    ``steady_step * g``. torch's ``buf <- mu buf + g; w <- w - lr buf`` settles at
+    ``buf = g / (1 - mu)``, so it is ``lr / (1 - mu)``: ``lr`` for SGD, ``lr`` for EMA momentum
+    (``lr beta / beta``), ``lr / beta`` for heavy ball. Adam: its ``lr`` (its steady step is
+    ``lr`` per coordinate, whatever g)."""
+    if optim.name == "momentum" and optim.form == "heavy_ball":
+        return float(optim.lr) / float(optim.beta)
+    return float(optim.lr)  # (lr beta) / (1 - (1 - beta)) for EMA momentum, exactly lr
 
 
 def _number_or_text(value) -> Value:
@@ -46,17 +70,18 @@ def _number_or_text(value) -> Value:
 
 def run_hparams(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, Value]:
     """One run's HParams values: the group options (``choices``, Hydra's names, e.g. ``normal10``),
-    the init and optimizer parameters the chosen options have, the effective learning rate,
-    the model's hidden sizes and activation, batch size, steps and seed."""
+    the init and optimizer parameters the chosen options have, the torch.optim equivalent and the
+    steady-state step, the model's hidden sizes and activation, batch size, steps and seed."""
     values: dict[str, Value] = {g: str(choices.get(g, cfg[g].name)) for g in GROUPS}
     values.update({f"init.{k}": _number_or_text(cfg.init[k]) for k in INIT_KEYS if k in cfg.init})
     if cfg.init.get("bias_std", 0):
         values["init.bias_std"] = float(cfg.init.bias_std)
     values.update({f"optim.{k}": _number_or_text(cfg.optim[k]) for k in OPTIM_KEYS if k in cfg.optim})
-    values["optim.effective_lr"] = effective_lr(cfg.optim)
+    values["optim.torch_lr"], values["optim.torch_momentum"] = torch_equivalent(cfg.optim)
+    values["optim.steady_step"] = steady_step(cfg.optim)
     values["model.hidden"] = ",".join(str(h) for h in cfg.model.hidden)
     values["model.activation"] = str(cfg.model.activation)
-    values.update({k: str(int(cfg[k])) for k in ("batch_size", "steps", "seed")})
+    values.update({k: float(int(cfg[k])) for k in ("batch_size", "steps", "seed")})
     return values
 
 
@@ -72,15 +97,29 @@ def replica_seeds(cfg: DictConfig) -> list[int]:
     return [int(cfg.seed) + r for r in range(int(cfg.replicas))]
 
 
+def seed_range(seeds: list[int]) -> str:
+    """``0..4`` for consecutive seeds, else ``0,3,7``."""
+    seeds = sorted(seeds)
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def pooled(values: Mapping[str, Value], seeds: list[int]) -> dict[str, Value]:
+    """A row over several seeds: ``seeds`` (text) in place of the numeric ``seed``."""
+    rest = {k: v for k, v in values.items() if k not in ("seed", "seeds")}
+    return {**rest, "seeds": seed_range(seeds)}
+
+
 def sessions(cfg: DictConfig, choices: Mapping[str, str], run_name: str) -> dict[str, Session]:
     """The HParams entries a job writes, by kind: ``run`` for a single run; for ``replicas=K``,
-    ``seeds`` (every seed's run, one row: seed ``a..b``, replicas ``K seeds``) and ``mean``
+    ``seeds`` (every seed's run, one row: seeds ``a..b``, replicas ``K seeds``) and ``mean``
     (the mean run, its own row: replicas ``mean of K``)."""
     values = run_hparams(cfg, choices)
     if int(cfg.replicas) <= 1:
         return {"run": Session(values)}
     seeds = replica_seeds(cfg)
-    common = {**values, "seed": f"{seeds[0]}..{seeds[-1]}"}
+    common = pooled(values, seeds)
     k = len(seeds)
     return {"seeds": Session({**common, "replicas": f"{k} seeds"}, group=f"{run_name or 'run'} (seeds)"),
             "mean": Session({**common, "replicas": f"mean of {k}"})}
@@ -90,7 +129,7 @@ def _sort_key(value: Value):
     """Numbers by value; integer strings (seeds) by their number; other strings alphabetically."""
     if isinstance(value, float):
         return (0, value, "")
-    text = value.split("..")[0]
+    text = value.replace(",", "..").split("..")[0]
     return (0, float(text), value) if text.lstrip("-").isdigit() else (1, 0.0, value)
 
 

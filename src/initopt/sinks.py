@@ -15,14 +15,23 @@ from initopt.probes import PopulationRecords
 from initopt.tb import RunLogger
 
 
+def optim_scalars(hyper: dict) -> list[tuple[float, float]]:
+    """Per member ``(torch lr, steady-state step)`` from a population optimizer's hyperparameters
+    (``lr`` and, for the SGD family, ``momentum``: one value per member): the steady step of
+    ``buf <- mu buf + g; w <- w - lr buf`` is ``lr / (1 - mu)`` (Adam: its ``lr``)."""
+    lrs = [float(v) for v in hyper["lr"]]
+    mus = [float(v) for v in hyper.get("momentum", [0.0] * len(lrs))]
+    return [(lr, lr / (1.0 - mu)) for lr, mu in zip(lrs, mus)]
+
+
 class PopulationLogs:
     """``loggers[k]`` is member k's run; ``aggregates`` are (mean run, member indices) pairs;
-    ``effective_lr[k]``: the learning rate member k's optimizer applies (``optim/effective_lr``)."""
+    ``optim[k]``: member k's (torch lr, steady-state step) (:func:`optim_scalars`)."""
 
     def __init__(self, loggers: list[RunLogger], aggregates: list[tuple[RunLogger, list[int]]] = (),
-                 effective_lr: list[float] | None = None):
+                 optim: list[tuple[float, float]] | None = None):
         self.loggers, self.aggregates = loggers, list(aggregates)
-        self.effective_lr = effective_lr
+        self.optim = optim
 
     def write_steps(self, records: PopulationRecords, diverged: list[int | None]) -> None:
         for k, logger in enumerate(self.loggers):
@@ -48,8 +57,8 @@ class PopulationLogs:
         live = [k for k in range(len(self.loggers)) if diverged[k] is None]
         for k in live:
             self.loggers[k].write_eval(step, dict(zip(METRIC_KEYS, table[k])))
-            if self.effective_lr is not None:
-                self.loggers[k].write_effective_lr(step, self.effective_lr[k])
+            if self.optim is not None:
+                self.loggers[k].write_optim(step, *self.optim[k])
         for aggregate, members in self.aggregates:
             rows = table[[k for k in members if k in live]]
             if len(rows):

@@ -7,20 +7,28 @@ Tags a run writes (the run is its directory under the logdir):
 ``grad_summary/mean_norm``         mean over tensors of those norms (the homework's curve)
 ``grad_summary/global_norm``       sqrt of the sum of their squares
 ``loss/batch``                     the step's mini-batch loss
-``grad_norm_smooth/<param>``       mean of ``grad_norm/<param>`` over the flush window ending
-                                   at the step (``flush_every`` steps); ``grad_summary/
-                                   mean_norm_smooth`` likewise
-``loss/train`` ``loss/test``       whole-set loss and accuracy at step 0 (initialization), every
-``accuracy/train`` ``/test``       ``eval_every`` steps and at the end
-``optim/effective_lr``             the learning rate torch.optim applies (lr * beta for EMA momentum)
+``grad_norm_smooth/<param>``       mean of ``grad_norm/<param>`` over the window since the
+                                   previous flush, at the window's last step (flushes: every
+                                   ``flush_every`` steps and at each evaluation, so also at
+                                   steps 1, 2, 5, 10, 20, 50); ``grad_summary/mean_norm_smooth``
+``loss/train`` ``loss/test``       whole-set loss and accuracy at step 0 (initialization), at
+``accuracy/train`` ``/test``       steps 1, 2, 5, 10, 20, 50 (below ``eval_every``), every
+                                   ``eval_every`` steps and at the end
+``optim/torch_lr``                 the learning rate of the equivalent torch.optim call (lr * beta
+                                   for EMA momentum)
+``optim/steady_step``              the steady-state step size (lr for SGD and EMA momentum,
+                                   lr / beta for heavy ball, Adam's lr; :func:`initopt.hparams.steady_step`)
 ``weight_norm/<param>``            ||w_s||, at step 0 and every ``param_every`` steps
 ``update_ratio/<param>``           ||w_s - w_{s-1}|| / ||w_s|| every ``param_every`` steps
 ``activation_std|mean/<layer>``    hidden layers' outputs, at step 0 and every ``act_every`` steps
-``weights/<param>`` (histogram)    at step 0 and every ``hist_every`` steps
+``weights/<param>`` (histogram)    at step 0 and every ``hist_every`` steps (tensors matching
+                                   ``hist_tensors``)
 ``gradients/<param>`` (histogram)  at step 1 (the gradient at initialization), every ``hist_every``
-``grad_norm/heatmap`` (image)      tensor x step, log colour, exact zeros in their own colour
+``heatmap/grad_norm`` (image)      tensor x step (log-spaced columns), log colour on the sweep's
+                                   scale, exact zeros in their own colour (:mod:`initopt.heatmap`)
 ``config``, ``status`` (text)      the composed config; how a diverged run stopped
-``replica_band/<tag>/mean|min|max``  a replica job's mean run only: mean and range over seeds
+``seed_band/<tag>/mean|min|max``   mean runs only (a replica job's ``mean``, a sweep's group
+                                   runs): mean and range over seeds
 =================================  ==========================================================
 
 plus a Custom Scalars layout (:func:`layout`) and the HParams session (:mod:`initopt.hparams`).
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import struct
 import time
@@ -40,13 +49,14 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-from tensorboard.compat.proto.types_pb2 import DT_DOUBLE
+from tensorboard.compat.proto.types_pb2 import DT_DOUBLE, DT_STRING
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard.summary import custom_scalars
 
@@ -55,6 +65,8 @@ from initopt.layerstats import HIST_FIELDS, Histograms, ParamStats
 from initopt.probes import StepRecords
 
 EVAL_TAGS = ("loss/train", "loss/test", "accuracy/train", "accuracy/test")
+HEATMAP_TAG = "heatmap/grad_norm"
+OPTIM_TAGS = ("optim/torch_lr", "optim/steady_step")
 EXPERIMENT_FILE = "events.out.tfevents.0.hparams-experiment"  # sorts before every run's own files
 _file_counter = itertools.count()
 
@@ -81,10 +93,11 @@ class EventFile:
     own readers like any other.
     """
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, suffix: str = ""):
+        logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-                f".{os.getpid()}.{next(_file_counter)}")
+                f".{os.getpid()}.{next(_file_counter)}{suffix}")
         self.path = logdir / name
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -105,26 +118,29 @@ class EventFile:
 
 # ------------------------------------------------------------------------ the layout
 def layout(param_names: list[str], banded: bool = False) -> dict:
-    """The Custom Scalars layout: a chart per parameter kind (weights, biases; a line per layer),
-    ``loss/batch`` apart from the whole-set losses, and with ``banded`` (a replica job's mean
-    run) one Margin chart per banded tag: the mean over seeds with its min-max band.
+    """The Custom Scalars layout: the homework's charts first (whole-set loss, mean gradient
+    norm, gradient norm per layer), then a chart per parameter kind (weights, biases; a line
+    per layer), ``loss/batch`` apart from the whole-set losses, and with ``banded`` (a mean run:
+    a replica job's ``mean``, a sweep's group run) one Margin chart per banded tag: the mean
+    over seeds with its min-max band.
 
     The plugin merges every run's layout and asks each selected run for every chart; a Margin
     chart warns "Missing Tags" for a run that has some but not all of its three tags. So each
-    Margin chart has one series, and its three tags (``replica_band/<tag>/mean|min|max``) exist
+    Margin chart has one series, and its three tags (``seed_band/<tag>/mean|min|max``) exist
     only in mean runs: the other runs have none of them and no warning appears.
     """
     charts = {
-        "gradients": {
+        "homework: loss and gradient norms": {
+            "loss on the whole training and held-out sets": ["Multiline", [r"loss/(train|test)$"]],
+            "mean gradient norm over tensors, window mean": ["Multiline", [r"grad_summary/mean_norm_smooth$"]],
+            "gradient norm, weights, window mean (a line per layer)": ["Multiline", [r"grad_norm_smooth/.*\.weight$"]],
+            "accuracy on the whole training and held-out sets": ["Multiline", [r"accuracy/(train|test)$"]],
+        },
+        "gradients, every step": {
             "gradient norm, weights (a line per layer)": ["Multiline", [r"grad_norm/.*\.weight$"]],
             "gradient norm, biases (a line per layer)": ["Multiline", [r"grad_norm/.*\.bias$"]],
-            "mean and global gradient norm": ["Multiline", [r"grad_summary/.*"]],
-            "gradient norm, weights, mean over the flush window": ["Multiline", [r"grad_norm_smooth/.*\.weight$"]],
-            "gradient norm, biases, mean over the flush window": ["Multiline", [r"grad_norm_smooth/.*\.bias$"]],
-        },
-        "training": {
-            "loss on the whole training and held-out sets": ["Multiline", [r"loss/(train|test)$"]],
-            "accuracy on the whole training and held-out sets": ["Multiline", [r"accuracy/(train|test)$"]],
+            "mean and global gradient norm": ["Multiline", [r"grad_summary/(mean|global)_norm$"]],
+            "gradient norm, biases, window mean": ["Multiline", [r"grad_norm_smooth/.*\.bias$"]],
             "mini-batch loss": ["Multiline", [r"loss/batch$"]],
         },
         "weights and updates": {
@@ -132,7 +148,7 @@ def layout(param_names: list[str], banded: bool = False) -> dict:
             "update / weight ratio, biases": ["Multiline", [r"update_ratio/.*\.bias$"]],
             "weight norm ||w||, weights": ["Multiline", [r"weight_norm/.*\.weight$"]],
             "weight norm, biases": ["Multiline", [r"weight_norm/.*\.bias$"]],
-            "effective learning rate": ["Multiline", [r"optim/effective_lr$"]],
+            "torch.optim learning rate and steady-state step": ["Multiline", [r"optim/.*"]],
         },
         "activations": {
             "activation std per layer": ["Multiline", [r"activation_std/.*"]],
@@ -144,7 +160,7 @@ def layout(param_names: list[str], banded: bool = False) -> dict:
     margins = {f"{tag}: mean over seeds, band min to max":
                ["Margin", [band_tag(tag, stat) for stat in ("mean", "min", "max")]]
                for tag in banded_tags(param_names)}
-    return {"replicas: mean and band over seeds": margins, **charts}
+    return {**charts, "mean over seeds and band (mean runs only)": margins}
 
 
 def _step_table(rec: StepRecords) -> np.ndarray:
@@ -152,8 +168,12 @@ def _step_table(rec: StepRecords) -> np.ndarray:
     return np.column_stack([rec.grad_norms, rec.mean_grad_norm, rec.global_grad_norm, rec.loss])
 
 
+BAND_PREFIX = "seed_band/"
+
+
 def band_tag(tag: str, stat: str) -> str:
-    return f"replica_band/{tag}/{stat}"
+    """``seed_band/<tag>/<stat>``: a mean run's mean, min or max over seeds of ``tag``."""
+    return f"{BAND_PREFIX}{tag}/{stat}"
 
 
 def step_tags(param_names: list[str]) -> list[str]:
@@ -195,9 +215,23 @@ def histogram_summary(tag: str, row: np.ndarray, numel: int) -> Summary:
 
 
 def image_summary(tag: str, png: bytes, width: int, height: int, description: str = "") -> Summary:
-    metadata = SummaryMetadata(summary_description=description) if description else None
-    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, image=Summary.Image(
-        height=height, width=width, colorspace=3, encoded_image_string=png))])
+    """An image-plugin summary (the plugin's metadata, so its description is kept and readers
+    know the plugin): the tensor TensorBoard's ``image`` summary writes, ``[width, height, png]``."""
+    metadata = image_metadata.create_summary_metadata(display_name=tag, description=description)
+    tensor = TensorProto(dtype=DT_STRING, tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=3)]),
+                         string_val=[str(width).encode(), str(height).encode(), png])
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+
+
+def heatmap_image(steps: np.ndarray, norms: np.ndarray, names: list[str],
+                  scale: tuple[float, float] | None = None) -> Summary:
+    """The ``heatmap/grad_norm`` image of ``norms`` (steps x tensors) on the colour scale
+    ``scale`` (default: the norms' own range), its axes in the description."""
+    from initopt.heatmap import grad_norm_heatmap_png, heatmap_description, norm_range
+
+    scale = scale or norm_range(norms)
+    png, width, height = grad_norm_heatmap_png(steps, norms, names, scale)
+    return image_summary(HEATMAP_TAG, png, width, height, heatmap_description(steps, norms, names, scale))
 
 
 def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -212,9 +246,9 @@ def _set_value(target, value) -> None:
         target.string_value = str(value)
 
 
-def experiment_summary(cols: list[Column], metrics: tuple[str, ...] = METRICS) -> Summary:
+def experiment_summary(cols: list[Column], metrics: dict[str, str] = METRICS) -> Summary:
     """The HParams experiment: a column per hyperparameter with its discrete domain and
-    ``differs``; the metrics are scalar tags of the session runs themselves."""
+    ``differs``; the metrics (tag -> display name) are scalar tags of the session runs themselves."""
     infos = []
     for col in cols:
         numeric = all(isinstance(v, float) for v in col.values)
@@ -223,7 +257,8 @@ def experiment_summary(cols: list[Column], metrics: tuple[str, ...] = METRICS) -
         for value in col.values:
             _set_value(info.domain_discrete.values.add(), value if numeric else str(value))
         infos.append(info)
-    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=m)) for m in metrics]
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=tag), display_name=shown)
+                    for tag, shown in metrics.items()]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _hparams_summary(hparams_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
@@ -256,6 +291,25 @@ def write_experiment(directory: Path, cols: list[Column]) -> Path:
     return path
 
 
+def read_experiment(directory: Path) -> list[Column] | None:
+    """The HParams experiment :func:`write_experiment` wrote in ``directory`` as columns (None
+    when there is none), read with TensorBoard's event file loader and plugin-data parser."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    path = Path(directory) / EXPERIMENT_FILE
+    if not path.exists():
+        return None
+    for event in EventFileLoader(str(path)).Load():
+        for value in event.summary.value:
+            if value.tag == hparams_metadata.EXPERIMENT_TAG:
+                content = value.metadata.plugin_data.content
+                experiment = hparams_metadata.parse_experiment_plugin_data(content)
+                return [Column(h.name, tuple(v.number_value if v.HasField("number_value") else v.string_value
+                                             for v in h.domain_discrete.values), h.differs)
+                        for h in experiment.hparam_infos]
+    return None
+
+
 # ------------------------------------------------------------------------------ a run
 class ScalarRows:
     """Writes rows of the same scalar tags, one event per row, through one reused ``Event``:
@@ -282,13 +336,19 @@ class RunLogger:
 
     ``resume_step``: the run continues a checkpoint; TensorBoard then drops any earlier event
     at or after that step, and nothing written once at the start is written again.
-    ``banded``: a replica job's mean run (bands over the seeds, :func:`layout`).
+    ``banded``: a mean run (bands over the seeds, :func:`layout`).
+    ``heatmap``: write the gradient-norm heat map at the end, on the run's own colour scale (a
+    single run); in a sweep the group-run callback writes every run's on the sweep's scale.
+    ``hist_tensors``: a regex; histograms only of the tensors whose name it finds (None: all).
     """
 
     def __init__(self, logdir: Path, param_names: list[str], resume_step: int | None = None,
-                 banded: bool = False):
+                 banded: bool = False, heatmap: bool = True, hist_tensors: str | None = None):
         self.events = EventFile(Path(logdir))
         self.param_names = list(param_names)
+        self.heatmap = heatmap
+        pattern = re.compile(hist_tensors) if hist_tensors is not None else None
+        self._hist_keep = [pattern is None or bool(pattern.search(n)) for n in self.param_names]
         self.fresh = resume_step is None
         self.step_tags = step_tags(self.param_names)
         self._step_rows = ScalarRows(self.events, self.step_tags)
@@ -331,7 +391,7 @@ class RunLogger:
         """One event per recorded step carrying all of that step's scalars; then the window
         means (``grad_norm_smooth/*``, ``grad_summary/mean_norm_smooth``) at the window's last step."""
         self._step_rows.write(rec.steps, rec.walltimes, _step_table(rec))
-        if len(rec.steps):
+        if len(rec.steps) and self.heatmap:
             self._norm_steps.append(rec.steps)
             self._norms.append(rec.grad_norms)
         if rec.window_mean is not None and len(rec.steps):
@@ -340,7 +400,7 @@ class RunLogger:
                                float(rec.walltimes[-1]))
 
     def write_band(self, mean: StepRecords, low: StepRecords, high: StepRecords) -> None:
-        """``replica_band/<tag>/mean|min|max`` for every step scalar (a logger made ``banded``)."""
+        """``seed_band/<tag>/mean|min|max`` for every step scalar (a logger made ``banded``)."""
         self._band_rows.write(mean.steps, mean.walltimes, np.column_stack([_step_table(r) for r in (mean, low, high)]))
 
     def write_activations(self, steps, std, mean, layer_names: list[str]) -> None:
@@ -351,7 +411,7 @@ class RunLogger:
     def write_eval(self, step: int, metrics: dict[str, float], low: dict | None = None,
                    high: dict | None = None) -> None:
         """``train_loss`` -> ``loss/train`` and so on; with ``low`` and ``high`` (over seeds) also
-        ``replica_band/<tag>/mean|min|max``."""
+        ``seed_band/<tag>/mean|min|max``."""
         tags = ["{1}/{0}".format(*k.split("_", 1)) for k in metrics]
         values = list(metrics.values())
         if low is not None and high is not None:
@@ -359,9 +419,9 @@ class RunLogger:
             tags += [band_tag(t, s) for s in ("mean", "min", "max") for t in tags]
         self.write_scalars(step, tags, values)
 
-    def write_effective_lr(self, step: int, lr: float) -> None:
-        """``optim/effective_lr``: the learning rate torch.optim applies at this step."""
-        self.write_scalars(step, ["optim/effective_lr"], [lr])
+    def write_optim(self, step: int, torch_lr: float, steady_step: float) -> None:
+        """``optim/torch_lr`` and ``optim/steady_step`` (see :data:`OPTIM_TAGS`) at this step."""
+        self.write_scalars(step, list(OPTIM_TAGS), [torch_lr, steady_step])
 
     def write_param_stats(self, stats: ParamStats) -> None:
         """``weight_norm/*``, ``update_ratio/*`` and the ``weights/*`` and ``gradients/*``
@@ -375,21 +435,19 @@ class RunLogger:
     def _write_histograms(self, kind: str, hists: Histograms) -> None:
         for step, rows in zip(hists.steps.tolist(), hists.rows[:, 0]):
             summary = Summary()
-            for name, row, numel in zip(self.param_names, rows, hists.numel):
-                summary.value.extend(histogram_summary(f"{kind}/{name}", row, numel).value)
-            self._write(summary, step)
+            for name, row, numel, keep in zip(self.param_names, rows, hists.numel, self._hist_keep):
+                if keep:
+                    summary.value.extend(histogram_summary(f"{kind}/{name}", row, numel).value)
+            if summary.value:
+                self._write(summary, step)
 
     def write_heatmap(self, step: int) -> None:
-        """``grad_norm/heatmap``: every gradient norm this logger has written, as an image (a run
-        resumed from a checkpoint: the steps since the resume)."""
+        """``heatmap/grad_norm``: every gradient norm this logger has written, as an image on its
+        own colour scale (a run resumed from a checkpoint: the steps since the resume)."""
         if not self._norms:
             return
-        from initopt.heatmap import grad_norm_heatmap_png, heatmap_description
-
-        steps, norms = np.concatenate(self._norm_steps), np.concatenate(self._norms)
-        png, width, height = grad_norm_heatmap_png(steps, norms, self.param_names)
-        description = heatmap_description(steps, norms, self.param_names)
-        self._write(image_summary("grad_norm/heatmap", png, width, height, description), step)
+        self._write(heatmap_image(np.concatenate(self._norm_steps), np.concatenate(self._norms),
+                                  self.param_names), step)
 
     def write_divergence(self, step: int) -> None:
         """A diverged run: the ``status`` text says where; its HParams status is failure."""
@@ -397,9 +455,10 @@ class RunLogger:
         self._write(text_pb("status", f"diverged at step {step}: the first non-finite loss or gradient"), step)
 
     def finish(self, step: int) -> None:
-        """At the end of a run: the heat map, the HParams session end (success unless the run
-        diverged), then close."""
-        self.write_heatmap(step)
+        """At the end of a run: the heat map (``heatmap``), the HParams session end (success
+        unless the run diverged), then close."""
+        if self.heatmap:
+            self.write_heatmap(step)
         self._write(session_end_summary(self._ok), step)
         self.close()
 

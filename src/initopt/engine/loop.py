@@ -7,8 +7,10 @@ Each step is :class:`~initopt.engine.step.TrainStep` (device work only). Around 
   when it is the capturable one (which froze the member on the device and kept its step count);
 * every ``flush_every`` steps, at evaluations, at a checkpoint and at the end, the buffered step
   records go to the host once, and on to the sinks;
-* every ``eval_every`` steps, at step 0 (initialization) and at the end, the whole training and
-  held-out sets are evaluated for every member (one host sync); a non-finite result marks that
+* at step 0 (initialization), at the log-spaced early steps 1, 2, 5, 10, 20, 50, ... below
+  ``eval_every`` (:data:`EARLY_STEPS`), every ``eval_every`` steps and at the end, the whole
+  training and held-out sets are evaluated for every member (one host sync; the step records are
+  flushed there too, so the smoothed norms get a point at each); a non-finite result marks that
   member diverged at that step and freezes it (at step 0: at its initial weights);
 * a stop request (SIGINT / SIGTERM) or ``checkpoint_every`` saves a checkpoint right after a
   flush, so the event files and the checkpoint agree on the last step written.
@@ -36,6 +38,8 @@ from initopt.probes import ActivationRecorder, StepRecorder
 METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 LOSS_COLUMNS = [0, 2]  # of METRIC_KEYS
 INIT_ACTIVATION_EXAMPLES = 1024
+# Evaluations before the first ``eval_every``: where initializations differ most (1-2-5 per decade).
+EARLY_STEPS = tuple(m * 10**d for d in range(7) for m in (1, 2, 5))
 
 
 @dataclass
@@ -56,6 +60,11 @@ class Schedule:
     def from_config(cls, cfg) -> Schedule:
         return cls(cfg.steps, cfg.batch_size, cfg.log_every, cfg.eval_every, cfg.flush_every,
                    cfg.checkpoint_every, cfg.act_every, cfg.get("param_every", 0), cfg.get("hist_every", 0))
+
+    def evaluates_at(self, step: int) -> bool:
+        """Every ``eval_every`` steps, the early steps 1, 2, 5, 10, ... below it, and the last step."""
+        return (step % self.eval_every == 0 or step == self.steps
+                or (step < self.eval_every and step in EARLY_STEPS))
 
 
 @dataclass
@@ -249,7 +258,7 @@ def fit(population: Population, optimizer, data: Dataset, schedule: Schedule, st
         interrupted = stop_requested()
         periodic = bool(schedule.checkpoint_every) and step % schedule.checkpoint_every == 0
         checkpoint_due = save_checkpoint is not None and (interrupted or periodic)
-        eval_due = step % schedule.eval_every == 0 or last
+        eval_due = schedule.evaluates_at(step)
         buffers_full = (run.recorder is not None and run.recorder.full) or (run.acts is not None and run.acts.full)
         if last or checkpoint_due or eval_due or buffers_full or step % schedule.flush_every == 0:
             run.flush()

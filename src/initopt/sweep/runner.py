@@ -27,7 +27,7 @@ from initopt.engine import checkpoint
 from initopt.models import build_model, parameter_count
 from initopt.resources import FILE_MARGIN, open_file_limit
 from initopt.signals import StopSignals
-from initopt.sinks import PopulationLogs
+from initopt.sinks import PopulationLogs, optim_scalars
 from initopt.sweep import outputs
 from initopt.sweep.grouping import TrainingGroup, training_groups
 from initopt.sweep.plan import Job, ReplicasMode, Start
@@ -118,7 +118,7 @@ def train_group(group: TrainingGroup, stop: StopSignals, label: str = "") -> Gro
         members = [engine.Member(m.cfg.seed, m.cfg.init, m.cfg.optim) for m in group.members]
         training = engine.build(lead, data, members, group.mode.value)
         restore_checkpoints(group, training)
-        logs = open_sinks(group, training.population.names, [float(v) for v in training.optimizer.hyper["lr"]])
+        logs = open_sinks(group, training.population.names, optim_scalars(training.optimizer.hyper))
         first_job = group.jobs[0].plan.label
         if group.start_step:
             print(f"[{label or first_job}] resuming at step {group.start_step}")
@@ -136,14 +136,16 @@ def restore_checkpoints(group: TrainingGroup, training: engine.Training) -> None
             checkpoint.restore(saved, training, members=[i])
 
 
-def open_sinks(group: TrainingGroup, param_names: list[str], effective_lr: list[float]) -> PopulationLogs:
+def open_sinks(group: TrainingGroup, param_names: list[str], optim: list[tuple[float, float]]) -> PopulationLogs:
     """Each member's run (its HParams entry and config as text when fresh); the mean run of each
-    replica job trained whole in this group."""
+    replica job trained whole in this group. ``optim``: each member's (torch lr, steady step).
+    A sweep's runs leave their heat maps to the sweep's end (one colour scale, initopt.groupruns)."""
     resume_step = group.start_step + 1 if group.start_step else None
     loggers = []
     for member, owner in zip(group.members, group.owners):
-        logger = RunLogger(member.dir, param_names, resume_step)
         plan = owner.plan
+        logger = RunLogger(member.dir, param_names, resume_step, heatmap=plan.standalone,
+                           hist_tensors=member.cfg.get("hist_tensors"))
         first = member is plan.members[0]
         experiment = plan.experiment if first and not plan.replicated else None
         logger.write_run_info(plan.sessions["seeds" if plan.replicated else "run"], OmegaConf.to_yaml(member.cfg),
@@ -152,10 +154,11 @@ def open_sinks(group: TrainingGroup, param_names: list[str], effective_lr: list[
     aggregates = []
     for job in group.jobs:
         if job.plan.replicated and job.mode is not ReplicasMode.SEQUENTIAL and not job.split:
-            mean_run = RunLogger(job.plan.output_dir / rundir.MEAN_RUN, param_names, resume_step, banded=True)
+            mean_run = RunLogger(job.plan.output_dir / rundir.MEAN_RUN, param_names, resume_step, banded=True,
+                                 heatmap=job.plan.standalone)
             mean_run.write_run_info(job.plan.sessions["mean"], OmegaConf.to_yaml(job.plan.cfg), job.plan.experiment)
             aggregates.append((mean_run, group.members_of(job)))
-    return PopulationLogs(loggers, aggregates, effective_lr)
+    return PopulationLogs(loggers, aggregates, optim)
 
 
 def checkpoint_saver(group: TrainingGroup, training: engine.Training):
