@@ -111,7 +111,9 @@ def assert_group_is_the_mean(group_dir, member_dirs):
 # --------------------------------------------------------------------------- the sweep
 def test_run_names_carry_only_the_swept_keys(sweep):
     names = {p.name for p in sweep.iterdir() if p.is_dir()}
-    assert names == {f"init={i},optim={o},replicas={k}" for i in INITS for o in OPTIMS for k in (1, 2)}
+    jobs = {f"init={i},optim={o},replicas={k}" for i in INITS for o in OPTIMS for k in (1, 2)}
+    assert names == jobs | {"groups"}
+    assert {p.name for p in (sweep / "groups").iterdir() if p.is_dir()} == jobs  # no seed swept: a group a job
     two = job(sweep, "he", "sgd", 2)
     assert {p.name for p in (two / "replicas").iterdir()} == {"seed=0", "seed=1"}
     assert any((two / "mean").glob("events.out.tfevents*"))
@@ -133,9 +135,9 @@ def test_one_experiment_with_the_swept_domains_in_the_sweep_directory(sweep):
     assert domain("optim.torch_momentum") == pytest.approx([0.0, 0.9])
     assert domain("optim.steady_step") == pytest.approx([0.1]) and not infos["optim.steady_step"].differs
     assert domain("seed") == [0.0] and infos["seed"].type == api_pb2.DATA_TYPE_FLOAT64  # pooled rows: seeds
-    assert domain("seeds") == ["0..1"] and domain("group") == ["mean of 1 seeds", "mean of 2 seeds"]
+    assert domain("seeds") == ["0", "0..1"] and domain("seeds_averaged") == [1.0, 2.0]
     assert {n for n, h in infos.items() if h.differs} == {"init", "optim", "optim.torch_lr", "optim.torch_momentum",
-                                                          "replicas", "group"}
+                                                          "replicas", "seeds", "seeds_averaged"}
     assert domain("model.hidden") == ["8,8"] and domain("steps") == [20.0] and not infos["steps"].differs
     assert domain("batch_size") == [64.0] and infos["batch_size"].type == api_pb2.DATA_TYPE_FLOAT64
     assert [m.name.tag for m in experiment.metric_infos] == list(CURVES)
@@ -163,7 +165,7 @@ def test_the_hparams_plugin_groups_seeds_and_gives_the_mean_run_its_own_row(swee
     assert single.hparams["seed"].number_value == 0 and single.hparams["optim.beta"].number_value == 0.1
     assert single.hparams["steps"].number_value == 20 and single.hparams["optim.steady_step"].number_value == 0.1
     group = rows["groups/init=he,optim=sgd,replicas=2"]
-    assert group.hparams["group"].string_value == "mean of 2 seeds" and group.hparams["seeds"].string_value == "0..1"
+    assert group.hparams["seeds_averaged"].number_value == 2 and group.hparams["seeds"].string_value == "0..1"
     assert "seed" not in group.hparams and len(group.sessions) == 1
     assert "optim.beta" not in rows["init=zero,optim=sgd,replicas=1"].hparams  # only where it applies
     for row in rows.values():  # every curve is a metric with a value: "Show Metrics" draws it
@@ -299,7 +301,7 @@ def test_the_board_command_prints_views_that_tick_the_group_runs(sweep):
     ctx = plugin_context(sweep)
     scalar_runs = list(ctx.data_provider.list_scalars(context.RequestContext(), experiment_id="",
                                                       plugin_name="scalars"))
-    groups = {f"groups/{p.name}" for p in (sweep / "groups").iterdir()}
+    groups = {f"groups/{p.name}" for p in (sweep / "groups").iterdir() if p.is_dir()}
 
     def ticked(url):
         parts = urlsplit(url)

@@ -11,7 +11,7 @@ seed run of the sweep with TensorBoard's own reader and writes ``<sweep>/groups/
   ``seed_band/<tag>/mean|min|max``, as a replica job's ``mean`` run has;
 * the gradient-norm heat map of the mean norms, the Custom Scalars layout, the first member's
   histograms (a mean of histograms is none; their description says which seed) and config text,
-  and one HParams row per group (``seeds`` ``0..4``, ``group`` ``mean of 5 seeds``).
+  and one HParams row per group (``seeds`` ``0..4``, ``seeds_averaged`` 5).
 
 The whole ``groups/`` folder is rewritten each time (built beside it, then swapped in), never
 appended to. The sweep's HParams experiment (:mod:`initopt.callbacks`) is extended by the group
@@ -22,6 +22,7 @@ scale for the whole sweep: the smallest and largest positive gradient norm of an
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -94,15 +95,21 @@ def read_run(run_dir: Path) -> RunData:
     from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.util import tensor_util
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per file read
     acc = plugin_event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     acc.Reload()
+    plugins = set(acc.ActivePlugins())
+
+    def tags(plugin: str) -> list[str]:
+        return list(acc.PluginTagToContent(plugin)) if plugin in plugins else []
+
     scalars = {}
-    for tag in acc.PluginTagToContent("scalars"):
+    for tag in tags("scalars"):
         events = acc.Tensors(tag)
         scalars[tag] = Series(np.array([e.step for e in events], dtype=np.int64),
                               np.array([e.wall_time for e in events]),
                               np.array([float(tensor_util.make_ndarray(e.tensor_proto)) for e in events]))
-    histograms = {tag: acc.Tensors(tag) for tag in acc.PluginTagToContent("histograms")}
+    histograms = {tag: acc.Tensors(tag) for tag in tags("histograms")}
     return RunData(scalars, histograms)
 
 
@@ -129,7 +136,7 @@ class Group:
     def session(self) -> Session:
         """The group's HParams row: the first member's values, ``seeds`` for ``seed``."""
         values = {k: v for k, v in self.members[0].metrics.get("hparams", {}).items() if k != "replicas"}
-        return Session({**pooled(values, self.seeds), "group": f"mean of {len(self.members)} seeds"})
+        return Session({**pooled(values, self.seeds), "seeds_averaged": float(len(self.members))})
 
 
 def group_name(job_name: str) -> str:

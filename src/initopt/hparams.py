@@ -15,7 +15,8 @@ A sweep's experiment is computed on multirun start from every job's composed con
 (:mod:`initopt.callbacks`) and extended at its end by the group runs' rows
 (:mod:`initopt.groupruns`); a single run's from its own values. Integers (seed, steps, batch
 size) are numbers, so the table sorts and filters them as numbers; a row that pools several
-seeds (a replica job's seeds, a mean run, a group run) has ``seeds`` (``0..4``) instead of ``seed``.
+seeds (a replica job's seeds, a mean run, a group run) has ``seeds`` (``0..4``) instead of ``seed``;
+a mean run (a replica job's ``mean``, a group run) has ``seeds_averaged``, the number of seeds.
 
 The optimizer columns are true for every form: ``optim.torch_lr`` and ``optim.torch_momentum``
 (the ``torch.optim`` call that performs the same update) and ``optim.steady_step`` (the step a
@@ -122,7 +123,7 @@ def sessions(cfg: DictConfig, choices: Mapping[str, str], run_name: str) -> dict
     common = pooled(values, seeds)
     k = len(seeds)
     return {"seeds": Session({**common, "replicas": f"{k} seeds"}, group=f"{run_name or 'run'} (seeds)"),
-            "mean": Session({**common, "replicas": f"mean of {k}"})}
+            "mean": Session({**common, "replicas": f"mean of {k}", "seeds_averaged": float(k)})}
 
 
 def _sort_key(value: Value):
