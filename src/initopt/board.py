@@ -15,7 +15,8 @@ run filter (``maxNamesToEnableByDefault = 40`` in its ``tf-multi-checkbox``), so
 opens them empty; each URL here selects at most 40 runs (:data:`MAX_TICKED`). Time Series and
 HParams tick every run whatever the number. ``--groups-only`` points the logdir at
 ``<sweep>/groups`` instead (only the group runs exist there). ``--dry-run`` prints the command
-and the URLs without starting anything.
+and the URLs without starting anything. A sweep without ``groups/`` (one a failing job stopped
+before Hydra's end callback) gets its group runs written first.
 """
 
 from __future__ import annotations
@@ -67,17 +68,21 @@ def seed_runs(sweep_dir: Path) -> list[str]:
     return [m.dir.relative_to(sweep_dir).as_posix() for m in sweep_members(sweep_dir)]
 
 
-def _url(base: str, run_filter: str = "", colour_key: str = "", tab: str = "timeseries", pinned: bool = False,
+def _url(base: str, run_filter: str = "", colour_key: str = "", tab: str = "timeseries", pinned: bool = True,
          legacy_filter: str = "") -> str:
-    query = []
+    """Time Series reads ``runFilter``, ``runColorGroup``, ``pinnedCards`` and ``smoothing`` from
+    the query; the older tabs read their own run filter and smoothing from the fragment."""
+    query = ["smoothing=0"]  # raw means: the group runs are already averaged over seeds
     if run_filter:
         query.append("runFilter=" + quote(run_filter, safe=""))
     if colour_key:
         query.append("runColorGroup=" + quote(f"regex:{colour_key}=(\\w+)", safe=":"))
-    if pinned:
+    if pinned and tab == "timeseries":
         cards = [{"plugin": "scalars", "tag": t} for t in PINNED]
         query.append("pinnedCards=" + quote(json.dumps(cards, separators=(",", ":")), safe=""))
     fragment = tab + ("&regexInput=" + quote(legacy_filter, safe="") if legacy_filter else "")
+    if tab in ("scalars", "custom_scalars"):
+        fragment += "&_smoothingWeight=0"
     return f"{base}/{'?' + '&'.join(query) if query else ''}#{fragment}"
 
 
@@ -89,7 +94,7 @@ def views(sweep_dir: Path, base: str, groups_only: bool = False) -> list[View]:
     group_filter = anchor if prefix else ""
     colour = COLOUR_BY if item_values(groups, COLOUR_BY) else ""
     out = [View("groups (mean over seeds, band min-max), coloured by init, homework cards pinned",
-                _url(base, group_filter, colour, pinned=True), len(groups))]
+                _url(base, group_filter, colour), len(groups))]
     for tab in LEGACY_TABS:
         out.append(View(f"groups in the {tab.replace('_', ' ')} tab", _url(base, group_filter, colour, tab,
                                                                           legacy_filter=group_filter), len(groups)))
@@ -106,7 +111,7 @@ def views(sweep_dir: Path, base: str, groups_only: bool = False) -> list[View]:
         pattern = "^(" + "|".join(re.escape(r) for r in runs) + ")$"
         out.append(View(f"the seed runs of one group ({first}; any job: runFilter=^<job name>$)",
                         _url(base, pattern, colour), len(runs)))
-    out.append(View("HParams: a row per run and per group", _url(base, tab="hparams"), len(groups)))
+    out.append(View("HParams: a row per run and per group", f"{base}/#hparams", len(groups)))
     return out
 
 
@@ -136,13 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     if not sweep_dir.is_dir():
         print(f"initopt.board: error: sweep_dir={args.sweep_dir} is not allowed: no such directory", file=sys.stderr)
         return 2
-    if not (sweep_dir / GROUPS_DIR).is_dir():
-        if args.groups_only:
-            print(f"initopt.board: error: --groups-only needs {sweep_dir / GROUPS_DIR}: written when a -m sweep "
-                  "ends (rerun the sweep's command to finish it)", file=sys.stderr)
-            return 2
-        print(f"note: {sweep_dir} has no {GROUPS_DIR}/ (written when a -m sweep ends): the group views are empty",
-              file=sys.stderr)
+    if not (sweep_dir / GROUPS_DIR).is_dir():  # the sweep never reached its end callback (a job failed)
+        from initopt.groupruns import write_groups
+
+        groups = write_groups(sweep_dir)
+        print(f"wrote {len(groups)} group runs into {sweep_dir / GROUPS_DIR}", file=sys.stderr)
+    if args.groups_only and not (sweep_dir / GROUPS_DIR).is_dir():
+        print(f"initopt.board: error: --groups-only needs {sweep_dir / GROUPS_DIR}: {sweep_dir} holds no "
+              "finished seed run", file=sys.stderr)
+        return 2
     cmd = command(sweep_dir, args.port, args.host, args.groups_only, args.extra)
     print(shlex.join(cmd))
     for view in views(sweep_dir, f"http://{args.host}:{args.port}", args.groups_only):

@@ -92,25 +92,24 @@ class RunData:
 
 
 def read_run(run_dir: Path) -> RunData:
-    from tensorboard.backend.event_processing import plugin_event_accumulator
-    from tensorboard.util import tensor_util
+    """Read with TensorBoard's ``EventAccumulator`` (its scalar reader: ~4x faster than the plugin
+    accumulator, which first converts every scalar to a tensor)."""
+    from tensorboard.backend.event_processing import event_accumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per file read
-    acc = plugin_event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    plugins = set(acc.ActivePlugins())
-
-    def tags(plugin: str) -> list[str]:
-        return list(acc.PluginTagToContent(plugin)) if plugin in plugins else []
-
     scalars = {}
-    for tag in tags("scalars"):
-        events = acc.Tensors(tag)
-        scalars[tag] = Series(np.array([e.step for e in events], dtype=np.int64),
-                              np.array([e.wall_time for e in events]),
-                              np.array([float(tensor_util.make_ndarray(e.tensor_proto)) for e in events]))
-    histograms = {tag: acc.Tensors(tag) for tag in tags("histograms")}
-    return RunData(scalars, histograms)
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        scalars[tag] = Series(np.fromiter((e.step for e in events), np.int64, len(events)),
+                              np.fromiter((e.wall_time for e in events), float, len(events)),
+                              np.fromiter((e.value for e in events), float, len(events)))
+    try:
+        hist_tags = list(acc.PluginTagToContent("histograms"))
+    except KeyError:  # no histograms in this run
+        hist_tags = []
+    return RunData(scalars, {tag: acc.Tensors(tag) for tag in hist_tags})
 
 
 # --------------------------------------------------------------------------- the sweep's runs
