@@ -331,14 +331,15 @@ def write_groups(sweep_dir: Path) -> list[Group]:
     for run_dir, run in [*runs.items(), *mean_data.items()]:
         write_run_heatmap(run_dir, run, params, scale)
     experiment = extended_experiment(sweep_dir, [g.session().hparams for g in groups])
-    write_experiment(building, experiment)
+    created = time.time()
+    write_experiment(building, experiment, created)
     final = sweep_dir / GROUPS_DIR
     old = sweep_dir / f".{GROUPS_DIR}.old-{os.getpid()}"
     if final.exists():
         final.rename(old)
     building.rename(final)
     shutil.rmtree(old, ignore_errors=True)
-    write_experiment(sweep_dir, experiment)
+    write_experiment(sweep_dir, experiment, created)  # the same experiment in both: either may be read
     return groups
 
 

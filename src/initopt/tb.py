@@ -246,7 +246,7 @@ def _set_value(target, value) -> None:
         target.string_value = str(value)
 
 
-def experiment_summary(cols: list[Column], metrics: dict[str, str] = METRICS) -> Summary:
+def experiment_summary(cols: list[Column], metrics: dict[str, str] = METRICS, created: float | None = None) -> Summary:
     """The HParams experiment: a column per hyperparameter with its discrete domain and
     ``differs``; the metrics (tag -> display name) are scalar tags of the session runs themselves."""
     infos = []
@@ -259,7 +259,8 @@ def experiment_summary(cols: list[Column], metrics: dict[str, str] = METRICS) ->
         infos.append(info)
     metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=tag), display_name=shown)
                     for tag, shown in metrics.items()]
-    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos,
+                                    time_created_secs=time.time() if created is None else created)
     return _hparams_summary(hparams_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
@@ -278,14 +279,15 @@ def session_end_summary(ok: bool) -> Summary:
                             plugin_data_pb2.HParamsPluginData(session_end_info=info))
 
 
-def write_experiment(directory: Path, cols: list[Column]) -> Path:
+def write_experiment(directory: Path, cols: list[Column], created: float | None = None) -> Path:
     """Write (or replace) the HParams experiment of the runs under ``directory`` (a sweep's)
-    into its own event file there (atomically: a temporary file, then a rename)."""
+    into its own event file there (atomically: a temporary file, then a rename); ``created``:
+    its time stamp (default now)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / EXPERIMENT_FILE
     tmp = path.with_name(path.name + ".tmp")
     events = [Event(wall_time=time.time(), file_version="brain.Event:2"),
-              Event(wall_time=time.time(), step=0, summary=experiment_summary(cols))]
+              Event(wall_time=time.time(), step=0, summary=experiment_summary(cols, created=created))]
     tmp.write_bytes(b"".join(_frame(e.SerializeToString()) for e in events))
     os.replace(tmp, path)
     return path
