@@ -311,7 +311,7 @@ def test_evaluation_starts_at_initialization():
     cfg = compose("steps=40", "eval_every=20")
     data = load_dataset(cfg.data, CPU, torch.float64)
     result = engine.build(cfg, data).fit()
-    assert [s for s, _ in result.histories[0]] == [0, 20, 40]
+    assert [s for s, _ in result.histories[0]] == [0, 1, 2, 5, 10, 20, 40]  # then log-spaced below eval_every
 
 
 def test_the_model_is_initialized_on_the_cpu_then_moved(monkeypatch):
