@@ -20,7 +20,7 @@ SMALL = ["model.hidden=[8]", "steps=30", "eval_every=10", "flush_every=10", "dty
 
 
 def job_dirs(sweep):
-    return {p.name: p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return {p.name: p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "groups"}
 
 
 def sweep_both_ways(tmp_path, *grid: str):

@@ -254,7 +254,7 @@ def test_one_seed_shows_the_value_without_a_spread(grid, tmp_path):
 def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path, capsys):
     sw = tmp_path / "sw"
     shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
-    jobs = sorted(p for p in sw.iterdir() if p.is_dir())
+    jobs = sorted(p for p in sw.iterdir() if p.is_dir() and p.name != "groups")  # groups/: the group runs
     (jobs[0] / "metrics.json").unlink()  # started, nothing written yet
     (jobs[1] / "checkpoint.pt").write_bytes(b"")  # stopped or still running
     (jobs[2] / ".initopt.lock").write_text("123")  # a process holds it
@@ -286,7 +286,7 @@ def _exit_and_stderr(argv: list[str], capsys) -> tuple[int, str]:
 def test_nothing_usable_is_a_one_line_error(sweep, tmp_path, capsys):
     sw = tmp_path / "sw"
     shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
-    for job in (p for p in sw.iterdir() if p.is_dir()):
+    for job in (p for p in sw.iterdir() if p.is_dir() and p.name != "groups"):
         (job / ".initopt.lock").write_text("")
     code, err = _exit_and_stderr([str(sw)], capsys)
     assert code == 2 and err.count("\n") == 1

@@ -21,7 +21,7 @@ def sweep(tmp: Path, experiment: str, *overrides: str) -> dict[str, dict]:
     proc = run_cli("-m", f"+experiment={experiment}", "seed=0", *overrides, "hydra.sweep.dir=sw",
                    cwd=tmp, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {p.name: read_metrics(p) for p in (tmp / "sw").iterdir() if p.is_dir()}
+    return {p.name: read_metrics(p) for p in (tmp / "sw").iterdir() if p.is_dir() and p.name != "groups"}
 
 
 def job(jobs: dict[str, dict], **choice) -> dict:
