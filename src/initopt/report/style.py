@@ -18,11 +18,12 @@ import numpy as np
 from initopt.report.collect import Group
 
 # TensorBoard's default palette (Slate, Cyan, Pink, Yellow, Purple, Light Green, Orange) in the order
-# its regex colour grouping hands it out: one colour per group in the order the group's first run
-# comes, runs sorted by name, so ``init=(\w+)`` gives he, normal, xavier, zero (alphabetical).
+# its regex colour grouping hands it out: one colour per group in the order the groups' runs first
+# reached TensorBoard, i.e. the sweep's job order; for the README's grid (``init=zero,normal,xavier,he``)
+# that is zero, normal, xavier, he (seen in TensorBoard 2.21, docs/img/tb_timeseries.png).
 # The report uses the same mapping; the README states it.
 TENSORBOARD_PALETTE = ("#425066", "#12b5cb", "#e52592", "#f9ab00", "#9334e6", "#7cb342", "#e8710a")
-INIT_COLOURS = {"he": "#425066", "normal": "#12b5cb", "xavier": "#e52592", "zero": "#f9ab00"}
+INIT_COLOURS = {"zero": "#425066", "normal": "#12b5cb", "xavier": "#e52592", "he": "#f9ab00"}
 COLOUR_NOTE = "colours as TensorBoard's init=(\\w+) grouping"
 EXTRA_COLOURS = TENSORBOARD_PALETTE[4:] + ("#8c564b", "#17becf", "#bcbd22")
 INIT_MARKERS = {"zero": "o", "normal": "s", "xavier": "^", "he": "v"}
