@@ -9,6 +9,7 @@ import math
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import mpmath
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -463,3 +464,44 @@ def test_default_json_lists_every_claim_and_plots_are_written(tmp_path):
     assert all(c["ok"] for c in claims)
     for png in ("spectral_radius.png", "trajectories.png"):
         assert (tmp_path / "figs" / png).stat().st_size > 10_000
+
+
+# --------------------------------------------------- the optimal step at extreme condition numbers
+def _mp_log_rate(eta: float, beta: float, sigmas) -> mpmath.mpf:
+    """``ln max_i |lambda(R_i)|`` from mpmath's eigenvalue routine on each 2x2 matrix R_i, in
+    250 digits (the float eta, beta and sigmas taken exactly): no closed form involved."""
+    with mpmath.workdps(250):
+        b, e = mpmath.mpf(beta), mpmath.mpf(eta)
+        radii = []
+        for s in sigmas:
+            s2 = mpmath.mpf(s) ** 2
+            values, _ = mpmath.eig(mpmath.matrix([[1 - b, 2 * b * s2], [-e * (1 - b), 1 - 2 * e * b * s2]]))
+            radii.append(max(abs(v) for v in values))
+        return mpmath.log(max(radii))
+
+
+EXTREME = [([1e-20, 1e20], 0.5), ([1.0, 1e40], 0.9), ([1e-25, 1e15], 0.1), ([3e-10, 2e10], 1e-3),
+           ([1e-20, 1e20], 1e-50), ([1.0, 1e5, 1e10], 0.3), ([3.0, 0.3], 0.1), ([2.0, 1e-18], 1.0)]
+
+
+@pytest.mark.parametrize(("sigmas", "beta"), EXTREME)
+def test_the_optimal_step_is_stable_and_its_rate_matches_mpmath_eigenvalues(sigmas, beta):
+    """Up to s_max / s_min = 1e40: the step is at most the edge, its rate is the rate of the
+    matrices' eigenvalues in 250 digits, and no nearby step (1e-6 either side) does better."""
+    eta, rate = cf.momentum_optimal_eta(beta, sigmas)
+    assert 0 < eta <= cf.momentum_max_stable_eta(beta, sigmas) and cf.momentum_is_stable(eta, beta, sigmas)
+    truth = _mp_log_rate(eta, beta, sigmas)
+    assert truth < 0
+    assert cf.momentum_log_rate(eta, beta, sigmas) == pytest.approx(float(truth), rel=1e-9)
+    assert rate == pytest.approx(float(mpmath.exp(truth)), rel=1e-15) and rate <= 1
+    for nearby in (eta * (1 - 1e-6), eta * (1 + 1e-6)):
+        assert truth <= _mp_log_rate(nearby, beta, sigmas) + 1e-12 * abs(truth)
+
+
+def test_the_cli_answers_the_80_decade_case_in_range():
+    out = query("momentum", "--sigmas", "1e-20,1e20", "--beta", "0.5")
+    assert out["optimal_eta"] <= out["max_stable_eta"]
+    assert out["optimal_rate"] <= 1.0  # 1 - 6e-80 rounds to 1.0 in float64
+    assert out["optimal_log_rate"] == pytest.approx(float(_mp_log_rate(out["optimal_eta"], 0.5, [1e-20, 1e20])),
+                                                    rel=1e-9)
+    assert -1e-79 < out["optimal_log_rate"] < 0

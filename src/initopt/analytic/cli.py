@@ -169,6 +169,7 @@ def momentum_query(sigmas: list[float], beta: float, eta: float | None, eps: flo
         "complex_eta_range": [list(cf.momentum_complex_eta_range(beta, s)) for s in sigmas],
         "optimal_eta": optimal_eta,
         "optimal_rate": optimal_rate,
+        "optimal_log_rate": cf.momentum_log_rate(optimal_eta, beta, sigmas),  # where the rate rounds to 1.0
         "optimal_pair": {"eta": best_eta, "beta": best_beta, "rate": best_rate},
         "heavy_ball": "torch SGD(lr = eta * beta, momentum = 1 - beta) follows the same path",
     }

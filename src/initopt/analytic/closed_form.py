@@ -145,6 +145,11 @@ def _trace_det(eta: float, beta: float, s: float) -> tuple[Fraction, Fraction]:
     return 2 - b - 2 * exact(eta) * b * exact(s) ** 2, 1 - b
 
 
+def _trace_det_discriminant(eta: float, beta: float, s: float) -> Fraction:
+    tr, det = _trace_det(eta, beta, s)
+    return tr * tr - 4 * det
+
+
 def momentum_discriminant(eta: float, beta: float, s: float) -> float:
     """``tr^2 - 4 det = b^2 (1 + 2 eta s^2)^2 - 8 eta b s^2``, exact then rounded
     (= the sample answer's ``b^2 (2 eta s^2 - 1)^2 - 8 eta (1-b) b s^2``, expanded the same)."""
@@ -196,7 +201,8 @@ def momentum_complex_eta_range(beta: float, s: float) -> tuple[float, float]:
 def momentum_max_stable_eta(beta: float, sigmas) -> float:
     """Stable iff both ``|lambda| < 1``. Complex: ``|lambda| = sqrt(1-b) < 1`` always. Real (Jury):
     ``|tr| < 1 + det`` gives ``0 < eta < (2 - b) / (b s^2)``; the largest mode binds."""
-    return (2 - beta) / (beta * max(sigmas) ** 2)
+    b = exact(beta)
+    return float((2 - b) / (b * exact(max(sigmas)) ** 2))  # exact, rounded once
 
 
 def momentum_is_stable(eta: float, beta: float, sigmas) -> bool:
@@ -245,17 +251,23 @@ def momentum_log_rate(eta: float, beta: float, sigmas) -> float:
     return max(momentum_log_radius(eta, beta, s) for s in sigmas)
 
 
-def _bisect(f, lo: float, hi: float, iters: int = 200) -> float:
-    """Root of a function that changes sign once on [lo, hi] (f(lo) < 0 < f(hi))."""
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
+def _bisect_geometric(f, lo: float, hi: float) -> tuple[float, float]:
+    """Adjacent floats ``lo < hi`` around the root of a function that changes sign once on
+    [lo, hi] (``f(lo) < 0 <= f(hi)``, ``0 < lo``), halving the interval in log space.
+
+    The midpoint is ``sqrt(lo) sqrt(hi)`` (no overflow), so a bracket spanning 80 decades
+    shrinks to one ulp in about 60 steps; a linear midpoint would leave the bracket's lower
+    decades unexplored (``(lo + hi) / 2`` never goes below ``hi / 2^k``)."""
+    while True:
+        mid = math.sqrt(lo) * math.sqrt(hi)
+        if not lo < mid < hi:  # the geometric mean rounded onto an end: adjacent or nearly so
+            mid = math.nextafter(lo, hi)
+            if mid >= hi:
+                return lo, hi
         if f(mid) < 0:
             lo = mid
         else:
             hi = mid
-    return 0.5 * (lo + hi)
 
 
 def momentum_optimal_eta(beta: float, sigmas) -> tuple[float, float]:
@@ -263,17 +275,29 @@ def momentum_optimal_eta(beta: float, sigmas) -> tuple[float, float]:
 
     ``rho`` depends on ``u = eta s^2`` only: it falls to ``sqrt(1-b)`` on the complex interval
     and rises after it. If the complex intervals of ``s_min`` and ``s_max`` overlap, every eta in
-    the overlap gives ``sqrt(1-b)``; the smallest such eta is returned. Otherwise the optimum
+    the overlap gives ``sqrt(1-b)``; the smallest such eta is returned (the first float where
+    ``s_min``'s discriminant, computed exactly, is <= 0). Otherwise the optimum
     balances the two extremes, ``rho(s_min) = rho(s_max)``, one monotone 1-D equation between
-    ``s_max``'s upper and ``s_min``'s lower boundary, solved by bisection on ``ln rho``.
+    ``s_max``'s upper and ``s_min``'s lower boundary, solved by bisection on ``ln rho`` in log
+    space (the two ends are ``(s_max / s_min)^2`` apart: 80 decades for ``s = 1e20, 1e-20``).
+
+    Of the two floats around the root, the one with the smaller ``max_i ln rho`` is returned;
+    it is always stable (``rho(s_max) = rho(s_min) < 1`` at the root, so the root lies below
+    ``(2-b)/(b s_max^2)``). The rate may round to 1.0 where ``1 - rho`` is below float
+    resolution: :func:`momentum_log_rate` at the returned eta keeps it.
     """
     lo_min, _ = momentum_complex_eta_range(beta, min(sigmas))
     _, hi_max = momentum_complex_eta_range(beta, max(sigmas))
-    if lo_min <= hi_max:
-        return lo_min, math.sqrt(1 - beta)
+    if lo_min <= hi_max:  # the float lo_min may sit a rounding below the boundary: step into it
+        while _trace_det_discriminant(lo_min, beta, min(sigmas)) > 0 and lo_min < hi_max:
+            lo_min = math.nextafter(lo_min, math.inf)
+        return lo_min, momentum_rate(lo_min, beta, sigmas)
     gap = lambda eta: (momentum_log_radius(eta, beta, max(sigmas))  # noqa: E731
                        - momentum_log_radius(eta, beta, min(sigmas)))
-    eta = _bisect(gap, hi_max, lo_min)
+    below, above = _bisect_geometric(gap, hi_max, lo_min)
+    eta = min((below, above), key=lambda e: momentum_log_rate(e, beta, sigmas))
+    while not momentum_is_stable(eta, beta, sigmas):  # never past the edge, even by rounding
+        eta = math.nextafter(eta, 0.0)
     return eta, momentum_rate(eta, beta, sigmas)
 
 
