@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +224,19 @@ def test_threads_auto_takes_one_thread_for_small_steps_and_torch_default_for_lar
 def test_threads_must_be_auto_or_a_count(value):
     assert error_line([f"threads={value}"]).startswith("threads=")
 
+
+# ------------------------------------------------------------------- Ctrl-C during start-up
+def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(tmp_path):
+    """SIGINT once the process has begun mapping torch's libraries (it imports torch, then runs the
+    checks): no traceback, at most two lines, exit 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "initopt.train", "steps=20", "hydra.run.dir=run"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 120
+    while "/torch/" not in maps.read_text():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "interrupted" in err

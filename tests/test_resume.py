@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import read_metrics, run_cli, scalar_tags
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from initopt.train import hydra_quoted
 
 from initopt.engine import checkpoint
 
@@ -199,3 +203,61 @@ def test_divergence_is_marked_in_tensorboard(tmp_path):
     (status,) = acc.Tensors("status")
     assert status.step == m["diverged_step"]
     assert f"diverged at step {m['diverged_step']}" in tensor_util.make_ndarray(status.tensor_proto).item().decode()
+
+
+# ------------------------------------------------------ the printed resume line, run verbatim
+FAST = ["model.hidden=[8]", "optim=adam", "eval_every=100000", "flush_every=500", "log_every=0",
+        "act_every=0", "param_every=0", "hist_every=0", "checkpoint_every=25"]
+ODD_DIR = "ré sumé/it's a=b,c"  # a space, a quote, '=', ',' and non-ASCII characters
+CASES = {  # what the user typed (after the shell), where its job directories are
+    "single run, default directory (outputs/<time>/<a=b,c=d>)": (["init=he"], "outputs/*/*"),
+    "plain sweep, odd directory": (["-m", "seed=0,1", f"hydra.sweep.dir={hydra_quoted(ODD_DIR)}"], f"{ODD_DIR}/*"),
+    "population sweep, odd directory": (["-m", "+launcher=population", "seed=0,1",
+                                         f"hydra.sweep.dir={hydra_quoted(ODD_DIR)}"], f"{ODD_DIR}/*"),
+}
+
+
+def resume_line(stderr: str) -> str:
+    """The command printed after "Resume with:"."""
+    lines = stderr.splitlines()
+    return lines[[i for i, line in enumerate(lines) if line.endswith("Resume with:")][-1] + 1].strip()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_printed_resume_line_runs_verbatim_in_a_shell(tmp_path, case):
+    """Interrupted once a checkpoint exists, the run is resumed by the printed line pasted into
+    bash as it is: the user's own values (a space and a quote in one) survive, the directory
+    is quoted for Hydra and the shell, and every job finishes."""
+    extra, jobs_glob = CASES[case]
+    args = [*extra, *FAST, "steps=6000", "data.root=\"my data/it's here\""]  # -m first, as argparse wants
+    proc = start(args, tmp_path)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(f"{jobs_glob}/checkpoint.pt")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint.pt"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    line = resume_line(err)
+    assert "data.root=\"my data/it's here\"" in subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"],
+                                                               capture_output=True, text=True).stdout
+
+    resumed = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step" in resumed.stdout
+    jobs = [p for p in tmp_path.glob(jobs_glob) if p.is_dir() and not p.name.startswith(".")]
+    assert len(jobs) == (2 if "-m" in extra else 1)
+    for job in jobs:
+        assert read_metrics(job)["status"] == "ok" and not (job / "checkpoint.pt").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30))
+def test_hydra_quoted_values_read_back_exactly(value):
+    """Whatever a directory is called, Hydra's grammar and OmegaConf read the quoted value back as it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_quoted(value)}").value()
+    assert OmegaConf.create({"dir": parsed}).dir == value

@@ -175,8 +175,11 @@ def check_writable(key: str, directory: str) -> None:
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:
-    values = [o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")]
-    return values[-1] if values else None
+    """The value Hydra reads for ``key`` (quotes and escapes undone: ``key='a=b,c'`` -> ``a=b,c``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = [o.value() for o in OverridesParser.create().parse_overrides(overrides) if o.key_or_group == key]
+    return str(values[-1]) if values else None
 
 
 def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> None:

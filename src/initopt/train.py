@@ -12,21 +12,30 @@ the same steps (:mod:`initopt.sweep`).
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+INTERRUPTED = "initopt.train: interrupted outside training (nothing to checkpoint); rerun the same command"
 
-from initopt.checks import user_error_line
-from initopt.config import ConfigError
-from initopt.signals import StopSignals
-from initopt.sweep import outputs, runner
-from initopt.sweep.grouping import training_groups
-from initopt.sweep.plan import Job, prepare_job
+try:  # torch loads for seconds: Ctrl-C meanwhile is one line and exit 130, not an import traceback
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+
+    from initopt.checks import user_error_line
+    from initopt.config import ConfigError
+    from initopt.signals import StopSignals
+    from initopt.sweep import outputs, runner
+    from initopt.sweep.grouping import training_groups
+    from initopt.sweep.plan import Job, prepare_job
+except KeyboardInterrupt:
+    print(INTERRUPTED, file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "",
@@ -65,11 +74,34 @@ def train_jobs(prepared: list[Job], member_budget: int = 0) -> None:
             outputs.finish_members(trained)
 
 
+def hydra_quoted(value: str) -> str:
+    """``value`` as a single-quoted string of Hydra's override grammar, read back as exactly ``value``.
+
+    Inside quotes Hydra takes any character (``=``, ``,``, spaces, non-ASCII); a quote and the
+    backslashes just before it are escaped (each backslash doubled, the quote as ``\\'``), as
+    are backslashes at the very end; ``${`` becomes ``\\${`` (backslashes before it doubled) so
+    OmegaConf does not read it as an interpolation."""
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)  # OmegaConf's escape
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
+
+
+def python_command() -> str:
+    """How to call this interpreter again: ``python`` when that name on PATH is this very
+    interpreter (an activated venv), else its full path."""
+    name = Path(sys.executable).name
+    found = shutil.which(name)
+    return name if found and os.path.abspath(found) == os.path.abspath(sys.executable) else sys.executable
+
+
 def resume_command(output_dir: Path, multirun: bool, sweep_dir: str | None) -> str:
-    """The command that continues this run (or the whole sweep) where it stopped."""
+    """The command that continues this run (or the whole sweep) where it stopped, to paste into a
+    shell: the user's own arguments as they reached Python, the directory as a quoted Hydra
+    value (run directories hold ``=`` and ``,``), every word quoted for the shell."""
     args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
-    target = f"hydra.sweep.dir={sweep_dir}" if multirun else f"hydra.run.dir={output_dir}"
-    return shlex.join([Path(sys.executable).name, "-m", "initopt.train", *args, target])
+    key, where = ("hydra.sweep.dir", sweep_dir) if multirun else ("hydra.run.dir", output_dir)
+    return shlex.join([python_command(), "-m", "initopt.train", *args, f"{key}={hydra_quoted(str(where))}"])
 
 
 @hydra.main(version_base="1.3", config_path="pkg://initopt.conf", config_name="train")
@@ -88,16 +120,28 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("final", {}).get("test_accuracy")
 
 
-def main() -> None:
-    """Check the command line as Hydra will read it, then hand over to Hydra."""
+def check_command_line(argv: list[str]) -> None:
+    """Refuse bad input before Hydra starts: one line naming key, value and what is allowed, exit 2."""
     from initopt.checks import precheck_command_line
 
     try:
-        precheck_command_line(sys.argv[1:])
-    except Exception as err:  # one line naming key, value and what is allowed; no traceback wall
+        precheck_command_line(argv)
+    except Exception as err:  # no traceback wall
         print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+
+
+def main() -> None:
+    """Check the command line as Hydra will read it, then hand over to Hydra.
+
+    Ctrl-C before the training loop takes it over (the checks, Hydra composing and preparing a
+    job) or after (writing the outputs) has no checkpoint to write: one line, exit 130."""
+    try:
+        check_command_line(sys.argv[1:])
+        hydra_main()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
