@@ -240,3 +240,38 @@ def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert "interrupted" in err
+
+
+# ------------------------------------------------------------------------- seeds' ranges
+@pytest.mark.parametrize(("argv", "line"), [
+    (["seed=18446744073709551616"], "seed=18446744073709551616 is not allowed: must be an integer in "
+                                    "[0, 18446744073709551615]"),
+    (["seed=-1"], "seed=-1 is not allowed: must be an integer in [0, 18446744073709551615]"),  # torch: -1 = 2^64-1
+    (["seed=18446744073709551615", "replicas=2"], "seed=18446744073709551615 is not allowed: must be an integer "
+                                                  "in [0, 18446744073709551614] with replicas=2"),
+    (["data.seed=4294967296"], "data.seed=4294967296 is not allowed: must be an integer in [0, 4294967295]"),
+], ids=["past 64 bits", "negative", "the last replica past 64 bits", "data.seed past scikit-learn's"])
+def test_seeds_outside_torch_and_scikit_learn_ranges_are_one_line(argv, line):
+    assert error_line(argv).startswith(line)
+    precheck_command_line(["seed=18446744073709551615"])  # the largest seed itself is accepted
+
+
+# ---------------------------------------------------------------- what is too big names itself
+def test_a_model_too_big_for_memory_is_named_not_replicas(monkeypatch):
+    monkeypatch.setattr("initopt.resources.available_memory", lambda: 16 * 2**30)
+    line = error_line(["model.hidden=[100000,100000]"])
+    assert line.startswith("model.hidden=[100000, 100000] is not allowed: the model alone needs about 186.7 GiB")
+    assert "10,000,500,001 parameters" in line and "16.0 GiB is available" in line and "replicas" not in line
+    line = error_line(["model.hidden=[4096,4096]", "replicas=200"])  # one fits, 200 do not
+    assert line.startswith("replicas=200 is not allowed: needs about")
+
+
+def test_an_unwritable_dataset_cache_names_INITOPT_CACHE_not_data_root(tmp_path, monkeypatch):
+    monkeypatch.setattr("initopt.data.CACHE_DIR", Path("/proc/initopt_cache"))  # no file there, even for root
+    root = fake_mnist_dir(tmp_path / "files", gz=True)  # gzipped: unpacked into the cache to be read
+    with pytest.raises(ConfigError) as info:
+        load_dataset(OmegaConf.create({"name": "fashion_mnist", "root": str(root), "download": False,
+                                       "preprocess": "none", "limit_train": 0}), CPU, torch.float32)
+    line = str(info.value)
+    assert line.startswith("INITOPT_CACHE='/proc/initopt_cache' is not allowed: cannot write the dataset cache")
+    assert "data.root" not in line and "\n" not in line

@@ -312,6 +312,23 @@ def _check_finite(node: DictConfig, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{key}", value, "must be a finite number")
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator's seed is an unsigned 64-bit integer
+DATA_SEED_MAX = 2**32 - 1  # scikit-learn's random_state
+
+
+def _check_seeds(cfg: DictConfig) -> None:
+    """Member seeds ``seed .. seed + replicas - 1`` within torch's range, ``data.seed`` within
+    scikit-learn's (a negative seed would alias a large one: torch reads -1 as 2^64 - 1)."""
+    last = SEED_MAX - (cfg.replicas - 1)
+    if not 0 <= cfg.seed <= last:
+        members = f" with replicas={cfg.replicas} (seeds seed .. seed+{cfg.replicas - 1})" if cfg.replicas > 1 else ""
+        raise ConfigError("seed", cfg.seed, f"must be an integer in [0, {last}]{members}: torch's seeds are "
+                          "unsigned 64-bit integers")
+    if not 0 <= cfg.data.seed <= DATA_SEED_MAX:
+        raise ConfigError("data.seed", cfg.data.seed, f"must be an integer in [0, {DATA_SEED_MAX}] "
+                          "(scikit-learn's random_state)")
+
+
 def _check_threads(value: Any) -> None:
     if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         raise ConfigError("threads", value, "auto (1 thread for small steps, torch's default above), "
@@ -332,6 +349,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("compile", cfg.compile, COMPILE_MODES)
     if cfg.replicas < 1:
         raise ConfigError("replicas", cfg.replicas, "at least 1 (train seeds seed, seed+1, ...)")
+    _check_seeds(cfg)
     for key in ("steps", "batch_size", "eval_every", "flush_every"):
         _positive(key, cfg[key])
     for key in ("log_every", "act_every", "param_every", "hist_every", "checkpoint_every"):

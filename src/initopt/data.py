@@ -207,6 +207,20 @@ def _torchvision_root_for_idx(found: Path, cls: str) -> Path:
     ]
     cache_root = CACHE_DIR / "datasets" / hashlib.sha1("|".join(stamp).encode()).hexdigest()[:16]
     raw = cache_root / cls / "raw"
+    try:
+        _unpack_into(found, raw)
+    except OSError as err:  # the cache's fault (not a data file's): name the variable that moves it
+        where = Path(err.filename) if err.filename else CACHE_DIR
+        if not (where.is_relative_to(CACHE_DIR) or CACHE_DIR.is_relative_to(where)):
+            raise
+        raise ConfigError("INITOPT_CACHE", str(CACHE_DIR), (
+            f"cannot write the dataset cache {raw} ({err.strerror or type(err).__name__}); set INITOPT_CACHE "
+            "to a folder you can write to (default ~/.cache/initopt)")) from err
+    return cache_root
+
+
+def _unpack_into(found: Path, raw: Path) -> None:
+    """The four files from ``found`` into ``raw``, uncompressed (each through a ``.part`` file)."""
     raw.mkdir(parents=True, exist_ok=True)
     for f in MNIST_FILES:
         if (raw / f).exists():
@@ -218,7 +232,6 @@ def _torchvision_root_for_idx(found: Path, cls: str) -> Path:
             with gzip.open(found / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         tmp.rename(raw / f)
-    return cache_root
 
 
 def _missing_files_error(cfg: DictConfig, dirs: list[Path]) -> ConfigError:
@@ -289,6 +302,8 @@ def _load_torchvision(cfg: DictConfig) -> tuple[torch.Tensor, ...]:
             root = _torchvision_root_for_idx(found, cls)
         train = getattr(tvd, cls)(str(root), train=True, download=cfg.download)
         test = getattr(tvd, cls)(str(root), train=False, download=cfg.download)
+    except ConfigError:  # already says which key (INITOPT_CACHE)
+        raise
     except Exception as err:  # offline download, truncated or corrupt files
         raise ConfigError("data.root", cfg.root, f"could not read {cls}: {first_line(err)}") from err
     to_tensor = lambda d: torch.as_tensor(d.data).flatten(1)  # noqa: E731

@@ -38,9 +38,14 @@ def available_memory() -> int | None:
     return None
 
 
+def io_sizes(cfg: DictConfig) -> tuple[int, int]:
+    """The model's input features and outputs for ``cfg.data`` (one logit for two classes)."""
+    return FEATURES.get(cfg.data.name, 784), 1 if CLASSES.get(cfg.data.name, 10) == 2 else 10
+
+
 def memory_estimate(cfg: DictConfig, members: int, n_train: int) -> int:
     """Bytes a population of ``members`` copies of ``cfg`` needs (see the module doc)."""
-    n_in, n_out = FEATURES.get(cfg.data.name, 784), 1 if CLASSES.get(cfg.data.name, 10) == 2 else 10
+    n_in, n_out = io_sizes(cfg)
     itemsize = 8 if cfg.dtype == "float64" else 4
     weights = parameter_count(cfg.model, n_in, n_out)
     units = sum(cfg.model.hidden) + n_out
@@ -49,7 +54,9 @@ def memory_estimate(cfg: DictConfig, members: int, n_train: int) -> int:
 
 
 def check_population_fits(cfg: DictConfig, members: int, n_train: int) -> None:
-    """One line naming ``replicas`` (the count that sets the size) when the machine cannot hold it."""
+    """One line naming what is too big when the machine cannot hold the population: ``replicas``
+    (the count of members) when one member fits and ``members`` do not, else ``model.hidden``
+    (one member alone, its parameters and activations, is beyond the memory)."""
     files = members + (1 if members > 1 else 0) + FILE_MARGIN
     limit = open_file_limit()
     if files > limit:
@@ -57,6 +64,13 @@ def check_population_fits(cfg: DictConfig, members: int, n_train: int) -> None:
                           f"process may open {limit} (ulimit -n): at most {limit - FILE_MARGIN - 1}, "
                           "or raise the limit")
     need, have = memory_estimate(cfg, members, n_train), available_memory()
-    if have is not None and need > MEMORY_SHARE * have:
-        raise ConfigError("replicas", members, f"needs about {need / 2**30:.1f} GiB of memory and "
-                          f"{have / 2**30:.1f} GiB is available: use fewer replicas or a smaller model")
+    if have is None or need <= MEMORY_SHARE * have:
+        return
+    one = memory_estimate(cfg, 1, n_train)
+    if one > MEMORY_SHARE * have:
+        raise ConfigError("model.hidden", list(cfg.model.hidden), (
+            f"the model alone needs about {one / 2**30:.1f} GiB of memory "
+            f"({parameter_count(cfg.model, *io_sizes(cfg)):,} parameters with their gradients and optimizer state, "
+            f"and its activations) and {have / 2**30:.1f} GiB is available: use narrower or fewer layers"))
+    raise ConfigError("replicas", members, f"needs about {need / 2**30:.1f} GiB of memory and "
+                      f"{have / 2**30:.1f} GiB is available: use fewer replicas or a smaller model")
