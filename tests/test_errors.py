@@ -275,3 +275,19 @@ def test_an_unwritable_dataset_cache_names_INITOPT_CACHE_not_data_root(tmp_path,
     line = str(info.value)
     assert line.startswith("INITOPT_CACHE='/proc/initopt_cache' is not allowed: cannot write the dataset cache")
     assert "data.root" not in line and "\n" not in line
+
+
+# ------------------------------------------------------------ the report's output folder
+def test_a_report_into_an_unwritable_folder_is_refused_before_reading_anything(tmp_path, monkeypatch, capsys):
+    from initopt.report import __main__ as report_cli
+
+    (tmp_path / "sw" / "job").mkdir(parents=True)
+    monkeypatch.setattr(report_cli, "build", lambda *a: pytest.fail("the sweep was read"))
+    (tmp_path / "afile").write_text("x")
+    for out, why in (("/proc/initopt_report", "cannot create files in /proc"),
+                     (str(tmp_path / "afile" / "report"), f"{tmp_path / 'afile'} is a file, not a folder")):
+        with pytest.raises(SystemExit) as stop:
+            report_cli.main([str(tmp_path / "sw"), "--out", out])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1
+        assert err.startswith(f"initopt.report: error: --out={out!r} is not allowed: {why}")

@@ -4,7 +4,11 @@ one style (colour = init, line style = optimizer), and it reports what it could 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +261,7 @@ def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path, cap
     jobs = sorted(p for p in sw.iterdir() if p.is_dir() and p.name != "groups")  # groups/: the group runs
     (jobs[0] / "metrics.json").unlink()  # started, nothing written yet
     (jobs[1] / "checkpoint.pt").write_bytes(b"")  # stopped or still running
-    (jobs[2] / ".initopt.lock").write_text("123")  # a process holds it
+    (jobs[2] / ".initopt.lock").write_text(f"{os.getppid()} {socket.gethostname()}")  # a live process holds it
     text = (jobs[3] / "metrics.json").read_text()
     (jobs[3] / "metrics.json").write_text(text[: len(text) // 2])  # truncated
     shutil.rmtree(jobs[4])  # not started yet
@@ -275,6 +279,22 @@ def test_running_and_unreadable_jobs_are_skipped_and_listed(sweep, tmp_path, cap
     rows = list(csv.DictReader(open(sw / "report/summary.csv")))
     assert sum(int(r["seeds"]) for r in rows) == 2
     assert all(r["run"].startswith("init=") and ",optim.lr=" in r["run"] for r in rows)  # labels kept
+
+
+def test_a_lock_whose_process_is_gone_is_stopped_not_running(sweep, tmp_path, capsys):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep[0], sw, ignore=shutil.ignore_patterns("report"))
+    jobs = sorted(p for p in sw.iterdir() if p.is_dir())
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # its PID is no longer alive
+    host = socket.gethostname()
+    for job, pid in ((jobs[0], gone.pid), (jobs[1], os.getppid())):  # killed mid-run / still running
+        (job / "metrics.json").unlink()
+        (job / ".initopt.lock").write_text(f"{pid} {host}")
+    assert report_main([str(sw)]) == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if "jobs finished" in x)
+    assert f"1 running: {jobs[1].name} (.initopt.lock)" in line
+    assert f"1 stopped: {jobs[0].name} (no metrics.json yet; its process {gone.pid} on {host} is gone)" in line
 
 
 def _exit_and_stderr(argv: list[str], capsys) -> tuple[int, str]:

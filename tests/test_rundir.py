@@ -56,6 +56,39 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert not (tmp_path / rundir.LOCK).exists()
 
 
+def test_overwrite_never_moves_a_directory_a_live_process_holds(tmp_path):
+    """``overwrite=true`` into a sweep (or a run) with a job locked by a running process is refused
+    and nothing moves; once that process is gone its lock is stale and the overwrite goes ahead."""
+    import socket
+
+    from initopt.checks import precheck_command_line
+    from initopt.train import hydra_quoted
+
+    sweep = tmp_path / "sw"
+    for seed in (0, 1):
+        (sweep / f"seed={seed}").mkdir(parents=True)
+        rundir.write_metrics(sweep / f"seed={seed}", {"status": "ok"})
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a live process, not us
+    try:
+        (sweep / "seed=1" / rundir.LOCK).write_text(f"{holder.pid} {socket.gethostname()}")
+        held = f"{sweep / 'seed=1' / rundir.LOCK} is held by process {holder.pid} on {socket.gethostname()}"
+        run_dir = hydra_quoted(str(sweep / "seed=1"))
+        for argv in (["-m", "seed=0,1", *RUN, "resume=false", "overwrite=true", f"hydra.sweep.dir={sweep}"],
+                     [*RUN, "seed=1", "resume=false", "overwrite=true", f"hydra.run.dir={run_dir}"]):
+            with pytest.raises(ConfigError) as info:
+                precheck_command_line(argv)
+            assert str(info.value).startswith("overwrite=True is not allowed: ") and held in str(info.value)
+        with pytest.raises(ConfigError):  # the path every launcher's job preparation takes
+            rundir.move_aside(sweep / "seed=1")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["sw"]
+        assert sorted(p.name for p in sweep.iterdir()) == ["seed=0", "seed=1"]
+    finally:
+        holder.kill()
+        holder.wait()
+    moved = rundir.move_aside(sweep)  # the lock's process is gone: a stale lock does not hold
+    assert moved.name.startswith("sw.replaced-") and not sweep.exists()
+
+
 def test_resume_false_into_another_run_is_refused_and_overwrite_moves_it_aside(tmp_path):
     assert run_cli(*RUN, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
     before = (tmp_path / "run/metrics.json").read_text()

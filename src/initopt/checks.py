@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tempfile
 from importlib.resources import files
 from pathlib import Path
 
@@ -158,20 +157,12 @@ def compose_job(overrides: list[str], config_name: str = "train") -> DictConfig:
 
 
 def check_writable(key: str, directory: str) -> None:
-    """The output directory must be creatable: its nearest existing ancestor a folder in which
-    a probe file can be created (and is removed). ``os.access`` is not enough: it says yes to
-    root on read-only mounts and on /proc."""
-    path = Path(directory).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(key, directory, f"{existing} is a file, not a folder; choose another directory")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".initopt-probe-"):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ConfigError(key, directory, f"cannot create files in {existing} ({reason}); "
-                          "choose a directory you can write to") from err
+    """The output directory must be creatable (:func:`initopt.rundir.creatable_problem`)."""
+    from initopt.rundir import creatable_problem
+
+    problem = creatable_problem(Path(directory))
+    if problem is not None:
+        raise ConfigError(key, directory, f"{problem}; choose a directory you can write to")
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,6 +103,23 @@ def finished_metrics(run_dir: Path) -> dict | None:
     return metrics if metrics is not None and metrics.get("status") in FINISHED else None
 
 
+# --------------------------------------------------------------------------- can it be written
+def creatable_problem(directory: Path) -> str | None:
+    """Why no output can be written at ``directory`` (None when it can): its nearest existing
+    ancestor must be a folder in which a probe file can be created (and is removed at once).
+    ``os.access`` is not enough: it says yes to root on read-only mounts and on /proc."""
+    path = Path(directory).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".initopt-probe-"):
+            pass
+    except OSError as err:
+        return f"cannot create files in {existing} ({err.strerror or type(err).__name__})"
+    return None
+
+
 # ------------------------------------------------------------------------------- what is there
 def holds_a_run(run_dir: Path) -> bool:
     """Anything a run writes: events, metrics, weights or a checkpoint."""
@@ -136,8 +154,21 @@ def clear_stale(run_dir: Path, keep_replicas: bool = False) -> None:
 
 def move_aside(run_dir: Path) -> Path:
     """``overwrite=true``: rename the old run to ``<dir>.replaced-<time>`` in one step (atomic on
-    one file system) so nothing is half-deleted; returns where it went."""
+    one file system) so nothing is half-deleted; returns where it went.
+
+    Refused (:class:`ConfigError`, nothing moved) while a live process holds a lock anywhere
+    under ``run_dir`` (a run, or one job of a sweep): moving it would pull the directory from
+    under that process and land its last writes in the new run."""
     run_dir = Path(run_dir)
+    held = live_locks(run_dir)
+    if held:
+        lock = held[0]
+        pid, host = lock.holder()
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        raise ConfigError("overwrite", True, (
+            f"{run_dir} is in use: {lock.path}{more} is held by process {pid} on {host or 'this host'}, "
+            "which is running; "
+            "wait for it to finish or stop it (Ctrl-C checkpoints it), then overwrite"))
     target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     n = 1
     while target.exists():
@@ -158,6 +189,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def live_locks(directory: Path) -> list[RunLock]:
+    """The locks in ``directory`` and every folder under it held by a live process (or by a
+    process on another host, which cannot be checked)."""
+    return [lock for path in sorted(Path(directory).rglob(LOCK)) if (lock := RunLock(path.parent)).holder_alive()]
+
+
 class RunLock:
     """One process trains in a directory at a time: ``.initopt.lock`` holds ``pid host``.
 
@@ -176,9 +213,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                if self._holder_alive():
+                if self.holder_alive():
                     raise ConfigError("run directory", str(self.path.parent),
-                                      f"in use by another process ({self._holder()}); wait for it or "
+                                      f"in use by another process ({self._text()}); wait for it or "
                                       "choose another directory") from None
                 self.path.unlink(missing_ok=True)
                 continue
@@ -188,19 +225,28 @@ class RunLock:
             return self
         raise ConfigError("run directory", str(self.path.parent), "its lock could not be taken")
 
-    def _holder(self) -> str:
+    def _text(self) -> str:
         try:
             return self.path.read_text().strip()
         except OSError:
             return ""
 
-    def _holder_alive(self) -> bool:
-        pid, _, host = self._holder().partition(" ")
-        if not pid.isdigit():
+    def holder(self) -> tuple[int, str] | None:
+        """``(pid, host)`` of the process named in the lock file; None when there is no lock or it
+        does not name one (empty: being written, or left half-written)."""
+        pid, _, host = self._text().partition(" ")
+        return (int(pid), host) if pid.isdigit() else None
+
+    def holder_alive(self) -> bool:
+        """The lock's process is running: on this host, its PID is alive (and not this process);
+        on another host, assumed so (it cannot be checked). False without a readable holder."""
+        holder = self.holder()
+        if holder is None:
             return False
+        pid, host = holder
         if host and host != socket.gethostname():
             return True  # another machine's process: cannot tell, do not take it
-        return int(pid) != os.getpid() and _alive(int(pid))
+        return pid != os.getpid() and _alive(pid)
 
     def release(self) -> None:
         if self.held:

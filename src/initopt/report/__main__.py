@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from initopt.report.build import NothingUsable, build
+from initopt.rundir import creatable_problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.target_accuracy <= 1:
         parser.exit(2, f"initopt.report: error: --target-accuracy={args.target_accuracy} is not allowed: "
                        "must be in (0, 1]\n")
+    out = args.out or args.sweep_dir / "report"
+    problem = creatable_problem(out)  # before reading every event file, not after
+    if problem is not None:
+        parser.exit(2, f"initopt.report: error: --out={str(out)!r} is not allowed: {problem}; "
+                       "choose a folder you can write to\n")
     try:
-        page, progress = build(args.sweep_dir, args.out or args.sweep_dir / "report", args.target_accuracy)
+        page, progress = build(args.sweep_dir, out, args.target_accuracy)
     except NothingUsable as err:
         parser.exit(2, f"initopt.report: error: {err}\n")
     print(f"initopt.report: {progress}", file=sys.stderr)

@@ -6,6 +6,8 @@ A job is a directory holding ``.hydra/``, ``metrics.json``, ``checkpoint.pt`` or
 * ``finished``: ``metrics.json`` reads and says ``ok``, ``diverged`` or ``failed``;
 * ``running``: no ``metrics.json`` yet, or a ``checkpoint.pt`` (unfinished, resumable) or a
   ``.initopt.lock`` (a process holds it), or a status that is not a final one;
+* ``stopped``: one of those, but its ``.initopt.lock`` names a process that is not alive on this
+  host (killed, crashed): nothing will finish it until the sweep is rerun;
 * ``unreadable``: one of its files does not parse (a truncated ``metrics.json``, say).
 
 Jobs a sweep has not started have no directory; their number comes from the sweep's
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from initopt.rundir import CHECKPOINT, LOCK, METRICS  # the run directory's one owner
+from initopt.rundir import CHECKPOINT, LOCK, METRICS, RunLock  # the run directory's one owner
 
 MARKERS = (".hydra", METRICS, CHECKPOINT, LOCK)
 FINAL_STATUSES = ("ok", "diverged", "failed")
@@ -34,7 +36,7 @@ class Job:
     """One job directory as found on disk, before its scalars are read."""
 
     path: Path
-    state: str  # finished | running | unreadable
+    state: str  # finished | running | stopped | unreadable
     reason: str = ""  # why running / unreadable, for the listing
     metrics: dict = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
@@ -65,13 +67,18 @@ def classify(path: Path) -> Job:
         _read_hydra_files(job)
     except Exception as err:  # a corrupt YAML file, whatever the parser says
         return Job(path, "unreadable", f".hydra: {_one_line(err)}")
-    if (path / LOCK).exists():
+    lock = RunLock(path)
+    dead = lock.path.exists() and lock.holder() is not None and not lock.holder_alive()
+    if lock.path.exists() and not dead:
         job.state, job.reason = "running", LOCK
     elif (path / CHECKPOINT).exists():
         job.state, job.reason = "running", f"{CHECKPOINT}, not finished"
     elif not (path / METRICS).exists():
         job.state, job.reason = "running", f"no {METRICS} yet"
     if job.state != "finished":
+        if dead:  # its lock names a process that is gone: nothing runs it any more
+            pid, host = lock.holder()
+            job.state, job.reason = "stopped", f"{job.reason}; its process {pid} on {host or 'this host'} is gone"
         return job
     try:
         job.metrics = json.loads((path / METRICS).read_text())
@@ -162,7 +169,7 @@ class Inventory:
         total = len(self.jobs) + self.not_started
         failed = sum(j.metrics.get("status") == "failed" for j in self.of("finished"))
         parts = [f"{len(self.of('finished'))} of {total} jobs finished" + (f" ({failed} failed)" if failed else "")]
-        for state in ("running", "unreadable"):
+        for state in ("running", "stopped", "unreadable"):
             jobs = self.of(state)
             if jobs:
                 parts.append(f"{len(jobs)} {state}: "
