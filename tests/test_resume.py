@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from conftest import read_metrics, run_cli, scalar_tags
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from initopt.train import hydra_quoted
+from initopt.train import hydra_quoted, shell_word
 
 from initopt.engine import checkpoint
 
@@ -261,3 +262,10 @@ def test_hydra_quoted_values_read_back_exactly(value):
 
     parsed = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_quoted(value)}").value()
     assert OmegaConf.create({"dir": parsed}).dir == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30))
+def test_shell_words_read_back_exactly(word):
+    """A POSIX shell's reading (shlex's, here; bash's in the test above) gives the word back."""
+    assert shlex.split(shell_word(word)) == [word]

@@ -95,13 +95,23 @@ def python_command() -> str:
     return name if found and os.path.abspath(found) == os.path.abspath(sys.executable) else sys.executable
 
 
+def shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell: :func:`shlex.quote`, except that a word holding single
+    quotes (a quoted Hydra value) and nothing a shell expands inside double quotes
+    (``$ ` \\ " !``) is wrapped in double quotes, which reads better and is the same word."""
+    if "'" in word and not set(word) & set('"$`\\!'):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
 def resume_command(output_dir: Path, multirun: bool, sweep_dir: str | None) -> str:
     """The command that continues this run (or the whole sweep) where it stopped, to paste into a
     shell: the user's own arguments as they reached Python, the directory as a quoted Hydra
     value (run directories hold ``=`` and ``,``), every word quoted for the shell."""
     args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
     key, where = ("hydra.sweep.dir", sweep_dir) if multirun else ("hydra.run.dir", output_dir)
-    return shlex.join([python_command(), "-m", "initopt.train", *args, f"{key}={hydra_quoted(str(where))}"])
+    words = [python_command(), "-m", "initopt.train", *args, f"{key}={hydra_quoted(str(where))}"]
+    return " ".join(shell_word(w) for w in words)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://initopt.conf", config_name="train")
