@@ -145,7 +145,8 @@ def _trace_det(eta: float, beta: float, s: float) -> tuple[Fraction, Fraction]:
     return 2 - b - 2 * exact(eta) * b * exact(s) ** 2, 1 - b
 
 
-def _trace_det_discriminant(eta: float, beta: float, s: float) -> Fraction:
+def _discriminant_exact(eta: float, beta: float, s: float) -> Fraction:
+    """``tr^2 - 4 det``, exact."""
     tr, det = _trace_det(eta, beta, s)
     return tr * tr - 4 * det
 
@@ -153,8 +154,7 @@ def _trace_det_discriminant(eta: float, beta: float, s: float) -> Fraction:
 def momentum_discriminant(eta: float, beta: float, s: float) -> float:
     """``tr^2 - 4 det = b^2 (1 + 2 eta s^2)^2 - 8 eta b s^2``, exact then rounded
     (= the sample answer's ``b^2 (2 eta s^2 - 1)^2 - 8 eta (1-b) b s^2``, expanded the same)."""
-    tr, det = _trace_det(eta, beta, s)
-    return float(tr * tr - 4 * det)
+    return float(_discriminant_exact(eta, beta, s))
 
 
 def _sqrt_discriminant(tr: Fraction, det: Fraction) -> float:
@@ -289,7 +289,7 @@ def momentum_optimal_eta(beta: float, sigmas) -> tuple[float, float]:
     lo_min, _ = momentum_complex_eta_range(beta, min(sigmas))
     _, hi_max = momentum_complex_eta_range(beta, max(sigmas))
     if lo_min <= hi_max:  # the float lo_min may sit a rounding below the boundary: step into it
-        while _trace_det_discriminant(lo_min, beta, min(sigmas)) > 0 and lo_min < hi_max:
+        while _discriminant_exact(lo_min, beta, min(sigmas)) > 0 and lo_min < hi_max:
             lo_min = math.nextafter(lo_min, math.inf)
         return lo_min, momentum_rate(lo_min, beta, sigmas)
     gap = lambda eta: (momentum_log_radius(eta, beta, max(sigmas))  # noqa: E731
