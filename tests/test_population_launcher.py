@@ -105,7 +105,7 @@ def test_sigint_checkpoints_every_member_and_a_rerun_resumes_to_the_same_weights
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
     cut = job_dirs(tmp_path / "cut")
     assert all((run / "checkpoint.pt").exists() and not (run / "metrics.json").exists() for run in cut.values())
-    assert "hydra.sweep.dir=cut" in err
+    assert "hydra.sweep.dir='cut'" in err  # the resume line: the directory a quoted Hydra value
     rerun = run_cli(*grid, "hydra.sweep.dir=cut", cwd=tmp_path, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming at step" in rerun.stdout
