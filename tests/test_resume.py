@@ -16,9 +16,8 @@ from conftest import read_metrics, run_cli, scalar_tags
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from initopt.train import hydra_quoted, shell_word
-
 from initopt.engine import checkpoint
+from initopt.train import hydra_quoted, shell_word
 
 RUN = ["model.hidden=[8]", "optim=adam", "eval_every=500", "flush_every=50"]
 
