@@ -9,6 +9,7 @@ Tests wait for conditions on disk (a lock taken by a shard, a checkpoint written
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -58,6 +59,22 @@ def files(run: Path) -> list[str]:
                   and not p.name.endswith(".log"))
 
 
+def assert_close_tree(a, b, where: str) -> None:
+    """Nested dicts / lists equal, numbers to 1e-10 (relative or absolute)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_close_tree(a[key], b[key], f"{where}: {key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-10, abs_tol=1e-10), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
 def assert_same_jobs(got: Path, want: Path, scalars: bool = False) -> None:
     """Every job directory of ``got`` equals ``want``'s: files, final.pt, metrics (less timings)."""
     a, b = job_dirs(got), job_dirs(want)
@@ -74,14 +91,15 @@ def assert_same_jobs(got: Path, want: Path, scalars: bool = False) -> None:
         for metrics in a[name].rglob(rundir.METRICS):
             mine, theirs = read_metrics(metrics.parent), read_metrics(b[name] / metrics.parent.relative_to(a[name]))
             assert mine["status"] == "ok"
-            assert {k: v for k, v in mine.items() if k not in TIMING} == \
-                pytest.approx({k: v for k, v in theirs.items() if k not in TIMING}, rel=1e-10, abs=1e-10)
-        if scalars:
-            mine, theirs = scalar_tags(a[name]), scalar_tags(b[name])
-            assert mine.keys() == theirs.keys() and mine
-            for tag in mine:
-                assert [(e.step, e.value) for e in mine[tag]] == \
-                    pytest.approx([(e.step, e.value) for e in theirs[tag]], rel=1e-6, abs=1e-9), (name, tag)
+            assert_close_tree({k: v for k, v in mine.items() if k not in TIMING},
+                              {k: v for k, v in theirs.items() if k not in TIMING}, str(metrics))
+        for run in {p.parent for p in a[name].rglob("events.out*")} if scalars else ():
+            mine, theirs = scalar_tags(run), scalar_tags(b[name] / run.relative_to(a[name]))
+            assert mine.keys() == theirs.keys() and mine, run
+            for tag in mine:  # TensorBoard stores float32 values
+                assert [e.step for e in mine[tag]] == [e.step for e in theirs[tag]], (run, tag)
+                assert [e.value for e in mine[tag]] == \
+                    pytest.approx([e.value for e in theirs[tag]], rel=1e-6, abs=1e-9, nan_ok=True), (run, tag)
     assert not list(got.rglob(rundir.LOCK)), "a lock was left behind"
 
 
