@@ -10,12 +10,19 @@ import pytest
 import yaml
 from conftest import read_metrics, run_cli
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra: pip install -e '.[optuna]'")
-
 TINY = ["model.hidden=[8]", "steps=60", "eval_every=30", "flush_every=30", "act_every=0", "hist_every=0"]
 
 
+def test_a_diverged_job_has_no_objective_so_a_sweeper_records_a_failed_trial():
+    from hydra_plugins.initopt_population_launcher.population_launcher import PopulationLauncher
+
+    assert PopulationLauncher.objective({"final": {"test_accuracy": 0.75}}) == 0.75
+    assert PopulationLauncher.objective({"final": {"test_accuracy": math.nan}}) is None  # diverged, this run
+    assert PopulationLauncher.objective({"final": {"test_accuracy": None}}) is None  # diverged, read back
+
+
 def test_each_batch_of_trials_trains_as_one_population_and_returns_its_objective(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra: pip install -e '.[optuna]'")
     proc = run_cli("-m", "+experiment=tune_lr", "optim=momentum", *TINY, "hydra.sweeper.n_trials=4",
                    "hydra.sweeper.n_jobs=2", "hydra.sweep.dir=tune", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,8 +23,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -46,13 +45,13 @@ class ShardedLauncherConf:
     cpus_per_task: int = 1
     gpus_per_node: int = 0
     mem_gb: float = 4
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    exclude: Optional[str] = None
-    comment: Optional[str] = None
-    gres: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    comment: str | None = None
+    gres: str | None = None
     signal_delay_s: int = 120  # SLURM: SIGUSR2 this long before the time limit
     setup: list = field(default_factory=list)  # SLURM: shell lines before the shard starts (module load ...)
     additional_parameters: dict = field(default_factory=dict)  # SLURM: more sbatch options
@@ -174,8 +173,7 @@ def _collect(sub, bin_jobs: list, k: int) -> dict:
     try:
         ended = sub.result()
     except Exception as err:  # the shard itself failed: its unfinished jobs are recorded as failed
-        reason = str(err).strip().splitlines()
-        line = next((s for s in reversed(reason) if s.strip()), type(err).__name__)
+        line = " ".join(s.strip() for s in str(err).splitlines()[:2]) or type(err).__name__  # submitit's reason
         print(f"population launcher: shard {k} (submitit job {sub.job_id}) failed: {line}\n  its log: "
               f"{sub.paths.stderr}; rerun the same command to resume its jobs", file=sys.stderr)
         got = {}
