@@ -22,9 +22,11 @@ import pytest
 import torch
 from conftest import read_metrics, run_cli, scalar_tags
 
-from initopt import job as jobs
-from initopt import rundir, shards
+from initopt import rundir
 from initopt.checks import compose_job
+from initopt.sweep import shards
+from initopt.sweep.grouping import training_groups
+from initopt.sweep.plan import prepare_job
 
 # 8 jobs: 2 inits x 2 optimizer families x (a single run, a 2-replica job); tiny net, float64.
 GRID = ["init=xavier,he", "optim=sgd,adam", "replicas=1,2", "model.hidden=[8]", "dtype=float64",
@@ -151,21 +153,19 @@ def training_shards(sweep_dir: Path, launcher_pid: int) -> dict[int, list[Path]]
 
 # ------------------------------------------------------------------------------------------ tests
 def test_packing_keeps_each_job_in_one_shard_and_balances_member_steps(tmp_path):
-    def job(name: str, overrides: list[str]) -> jobs.Job:
-        return jobs.prepare(compose_job(["model.hidden=[4]", *overrides]), tmp_path / name, name)
+    def job(name: str, overrides: list[str]):
+        return prepare_job(compose_job(["model.hidden=[4]", *overrides]), tmp_path / name, name)
 
     prepared = [job("a", ["optim=sgd", "steps=300", "replicas=3"]), job("b", ["optim=adam", "steps=100"]),
                 job("c", ["optim=adam", "steps=200"]), job("d", ["optim=momentum", "steps=300"]),
                 job("e", ["optim=adam", "steps=200", "seed=4"])]
-    for j in prepared:
-        j.mode = "stacked"
-    groups = jobs.populations(prepared)  # sgd family 300 steps (4 members), adam 100, adam 200 (2)
+    groups = training_groups(prepared)  # sgd family 300 steps (4 members), adam 100, adam 200 (2)
     packed = shards.pack(groups, 2)
     assert sorted(shards.loads(groups, packed)) == [500, 1200]  # largest first: 1200 | 400 + 100
-    assert sorted(sorted(j.run_name for j in b) for b in packed) == [["a", "d"], ["b", "c", "e"]]
+    assert sorted(sorted(j.plan.run_name for j in b) for b in packed) == [["a", "d"], ["b", "c", "e"]]
     assert len(shards.pack(groups, 8)) == 3  # never an empty shard
     for j in prepared:
-        jobs.release(j)
+        j.release()
 
 
 def test_sharded_sweep_equals_the_in_process_launcher_job_by_job(tmp_path):

@@ -6,8 +6,8 @@
 1. Every job is composed, checked and its directory prepared in this process, exactly as by the
    in-process population launcher (it is that launcher, less its training).
 2. The members still to train are grouped as there, and the groups packed into
-   ``hydra.launcher.shards`` shards by member-steps (:func:`initopt.shards.pack`; a job never spans
-   two shards). Each shard is one submitit job (:class:`initopt.shards.Shard`) that prepares its
+   ``hydra.launcher.shards`` shards by member-steps (:func:`initopt.sweep.shards.pack`; a job never spans
+   two shards). Each shard is one submitit job (:class:`initopt.sweep.shards.Shard`) that prepares its
    jobs again in its own process (taking over their locks), trains them as populations and writes
    each job directory as the in-process launcher would.
 3. This process prints each shard's submitit job id and log, waits for all of them, and returns each
@@ -74,17 +74,16 @@ class ShardedPopulationLauncher(PopulationLauncher):
 
     def train(self, prepared: list) -> dict:
         """Train the prepared jobs in shards; ``id(job) -> metrics | exception`` as the in-process launcher."""
-        from initopt import shards
-        from initopt.populations import capped_budget, train_sweep
+        from initopt.sweep import shards
+        from initopt.sweep.grouping import training_groups
+        from initopt.sweep.runner import capped_budget, run_sweep
 
         idle = [job for job in prepared if not _to_train(job)]
-        outcomes = train_sweep(idle, self.member_budget)  # finished before: kept, a replica job's mean written
+        outcomes = run_sweep(idle, self.member_budget)  # finished before: kept, a replica job's mean written
         live = [job for job in prepared if _to_train(job) and _set_mode(job, outcomes)]
         if not live:
             return outcomes
-        from initopt import job as jobs
-
-        groups = jobs.populations(live, capped_budget(self.member_budget))
+        groups = training_groups(live, capped_budget(self.member_budget))
         packed = shards.pack(groups, self.shards)
         print(f"population launcher: {sum(len(g.members) for g in groups)} members in {len(groups)} population(s), "
               f"packed into {len(packed)} shard(s) of {', '.join(map(str, shards.loads(groups, packed)))} "
@@ -93,7 +92,7 @@ class ShardedPopulationLauncher(PopulationLauncher):
         return outcomes
 
     def _run_shards(self, packed: list[list]) -> dict:
-        from initopt import shards
+        from initopt.sweep import shards
 
         me = shards.this_process()
         handed = [job for bin_jobs in packed for job in bin_jobs]
@@ -117,7 +116,7 @@ class ShardedPopulationLauncher(PopulationLauncher):
             raise
         finally:
             holders = {me}.union(*(shards.read_holders(sub.paths.folder) for sub, _ in submitted))
-            shards.release_after_shards([job.output_dir for job in handed], holders)
+            shards.release_after_shards([job.plan.output_dir for job in handed], holders)
 
     def _executor(self):
         import submitit
@@ -137,29 +136,17 @@ class ShardedPopulationLauncher(PopulationLauncher):
 
 
 def _to_train(job) -> bool:
-    return job.finished is None and any(m.start != "finished" for m in job.members)
+    return job.plan.finished is None and bool(job.pending)
 
 
 def _set_mode(job, outcomes: dict) -> bool:
     """How the job's members train together (needs its data); a job whose data fails records it."""
-    from initopt import job as jobs
+    from initopt.sweep.runner import set_mode
 
-    try:
-        job.mode = jobs.mode_of(job.cfg, jobs.load_data(job.cfg))
+    if set_mode(job, outcomes):
         return True
-    except Exception as err:
-        _record(job, err, outcomes)
-        return False
-
-
-def _record(job, err: BaseException, outcomes: dict) -> None:
-    from initopt import job as jobs
-
-    err = jobs.as_user_error(job, err)
-    jobs.record_failure(job.output_dir, err)
-    outcomes[id(job)] = err
-    jobs.release(job)
-    print(f"[{job.label}] failed: {jobs.user_error_line(err)}", file=sys.stderr)
+    job.release()  # its failure is recorded (set_mode)
+    return False
 
 
 class ShardFailed(RuntimeError):
@@ -178,7 +165,7 @@ def _collect(sub, bin_jobs: list, k: int) -> dict:
               f"{sub.paths.stderr}; rerun the same command to resume its jobs", file=sys.stderr)
         got = {}
         for job in bin_jobs:
-            done = rundir.finished_metrics(job.output_dir)
+            done = rundir.finished_metrics(job.plan.output_dir)
             if done is None:
                 failure = ShardFailed(f"shard {k} (submitit job {sub.job_id}) failed: {line}")
                 _record_quietly(job, failure)
@@ -188,7 +175,7 @@ def _collect(sub, bin_jobs: list, k: int) -> dict:
         return got
     got = {}
     for job in bin_jobs:
-        outcome = ended.get(str(job.output_dir))
+        outcome = ended.get(str(job.plan.output_dir))
         if outcome is None or outcome.metrics is None:
             got[job] = ShardFailed(outcome.error if outcome is not None else f"shard {k} did not report it")
         else:
@@ -200,9 +187,9 @@ def _collect(sub, bin_jobs: list, k: int) -> dict:
 
 
 def _record_quietly(job, err: BaseException) -> None:
-    from initopt import job as jobs
+    from initopt.sweep.outputs import record_failure
 
-    jobs.record_failure(job.output_dir, err)
+    record_failure(job.plan.output_dir, err)
 
 
 def _wait_done(subs: list, deadline_s: float) -> None:

@@ -32,9 +32,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from initopt import job as jobs
 from initopt import rundir
 from initopt.checks import user_error_line
+from initopt.sweep.grouping import TrainingGroup
+from initopt.sweep.plan import Job, prepare_job
 
 HOLDERS = "lock_holders"  # in a shard's submitit job folder: the lock holders ("pid host") it used
 
@@ -50,21 +51,22 @@ class JobSpec:
     group_choices: dict
 
     @classmethod
-    def of(cls, job: jobs.Job) -> JobSpec:
+    def of(cls, job: Job) -> JobSpec:
         # the launcher applied resume / overwrite already: a requeued shard must resume, never move aside
-        cfg = OmegaConf.merge(job.cfg, {"resume": True, "overwrite": False})
-        return cls(cfg, job.output_dir, job.run_name, job.resume_hint, dict(job.group_choices))
+        plan = job.plan
+        cfg = OmegaConf.merge(plan.cfg, {"resume": True, "overwrite": False})
+        return cls(cfg, plan.output_dir, plan.run_name, plan.resume_hint, dict(plan.group_choices))
 
 
 # ------------------------------------------------------------------------------------ packing
-def member_steps(group: jobs.Population) -> int:
+def member_steps(group: TrainingGroup) -> int:
     """The steps a group still has to train: members x (steps - start step)."""
     return sum(max(int(m.cfg.steps) - group.start_step, 0) for m in group.members)
 
 
-def units(groups: list[jobs.Population]) -> list[tuple[list[jobs.Job], int]]:
+def units(groups: list[TrainingGroup]) -> list[tuple[list[Job], int]]:
     """Groups joined where they share a job (a job never spans two shards): ``(jobs, member-steps)``."""
-    merged: list[tuple[list[jobs.Job], int]] = []
+    merged: list[tuple[list[Job], int]] = []
     for group in groups:
         hit = [u for u in merged if any(j in u[0] for j in group.jobs)]
         unit_jobs = [j for u in hit for j in u[0]] + [j for j in group.jobs if not any(j in u[0] for u in hit)]
@@ -72,17 +74,17 @@ def units(groups: list[jobs.Population]) -> list[tuple[list[jobs.Job], int]]:
     return merged
 
 
-def pack(groups: list[jobs.Population], shards: int) -> list[list[jobs.Job]]:
+def pack(groups: list[TrainingGroup], shards: int) -> list[list[Job]]:
     """The groups' jobs in at most ``shards`` bins balanced by member-steps (largest unit first to the
     least loaded bin); empty bins are left out."""
-    bins: list[tuple[int, list[jobs.Job]]] = [(0, []) for _ in range(max(shards, 1))]
+    bins: list[tuple[int, list[Job]]] = [(0, []) for _ in range(max(shards, 1))]
     for unit_jobs, cost in sorted(units(groups), key=lambda u: -u[1]):
         k = min(range(len(bins)), key=lambda i: bins[i][0])
         bins[k] = (bins[k][0] + cost, bins[k][1] + unit_jobs)
     return [b for _, b in bins if b]
 
 
-def loads(groups: list[jobs.Population], packed: list[list[jobs.Job]]) -> list[int]:
+def loads(groups: list[TrainingGroup], packed: list[list[Job]]) -> list[int]:
     """Each bin's member-steps."""
     return [sum(member_steps(g) for g in groups if g.jobs[0] in bin_jobs) for bin_jobs in packed]
 
@@ -110,7 +112,7 @@ def write_holder(run_dir: Path, holder: str) -> None:
 
 
 def take_over(run_dir: Path, launcher: str) -> None:
-    """A lock the launcher holds becomes this process's, which :func:`initopt.job.prepare` then takes
+    """A lock the launcher holds becomes this process's, which :func:`initopt.sweep.plan.prepare_job` then takes
     as its own; any other holder is left for ``prepare`` to judge (a live one refuses the job)."""
     if holder_of(run_dir) == launcher:
         write_holder(run_dir, this_process())
@@ -166,7 +168,7 @@ class Shard:
     def __call__(self) -> dict[str, Outcome]:
         import submitit
 
-        from initopt.populations import train_sweep
+        from initopt.sweep.runner import Interrupted, run_sweep
 
         self.attempts += 1
         env = submitit.JobEnvironment()
@@ -177,8 +179,8 @@ class Shard:
         usr_sig = getattr(signal, "SIG" + env.USR_SIG)  # submitit's preemption / time-limit signal
         requeue = signal.signal(usr_sig, _stop_as_sigterm)  # now: stop at the next step, checkpoint
         try:
-            trained = train_sweep(prepared, self.member_budget)
-        except jobs.Interrupted as stop:
+            trained = run_sweep(prepared, self.member_budget)
+        except Interrupted as stop:
             if stop.code == 128 + signal.SIGINT:
                 raise
             # checkpointed: let submitit's own handler requeue this shard (it calls self.checkpoint())
@@ -187,14 +189,14 @@ class Shard:
             raise
         for job in prepared:
             got = trained[id(job)]
-            outcomes[str(job.output_dir)] = Outcome(error=user_error_line(got)) if isinstance(got, BaseException) \
+            outcomes[str(job.plan.output_dir)] = Outcome(error=user_error_line(got)) if isinstance(got, BaseException) \
                 else Outcome(metrics=got)
         return outcomes
 
-    def _prepare(self, spec: JobSpec, outcomes: dict[str, Outcome]) -> jobs.Job | None:
+    def _prepare(self, spec: JobSpec, outcomes: dict[str, Outcome]) -> Job | None:
         take_over(spec.output_dir, self.launcher)
         try:
-            job = jobs.prepare(spec.cfg, spec.output_dir, spec.run_name, spec.resume_hint, spec.group_choices,
+            job = prepare_job(spec.cfg, spec.output_dir, spec.run_name, spec.resume_hint, spec.group_choices,
                                standalone=False)
         except Exception as err:  # refused (another process in it) or unreadable: nothing touched
             outcomes[str(spec.output_dir)] = Outcome(error=user_error_line(err))
