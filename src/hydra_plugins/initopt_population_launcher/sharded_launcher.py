@@ -94,13 +94,13 @@ class ShardedPopulationLauncher(PopulationLauncher):
     def _run_shards(self, packed: list[list]) -> dict:
         from initopt.sweep import shards
 
-        me = shards.this_process()
         handed = [job for bin_jobs in packed for job in bin_jobs]
+        ours = {shards.holder_of(job.plan.output_dir) for job in handed}  # this process, as its locks name it
         executor = self._executor()
         submitted = []
         try:
             for k, bin_jobs in enumerate(packed, 1):
-                task = shards.Shard([shards.JobSpec.of(j) for j in bin_jobs], self.member_budget, me, k)
+                task = shards.Shard([shards.JobSpec.of(j) for j in bin_jobs], self.member_budget, k)
                 for job in bin_jobs:
                     job.lock = None  # its lock is the shard's to take over; released below, after all shards
                 submitted.append((executor.submit(task), bin_jobs))
@@ -115,7 +115,7 @@ class ShardedPopulationLauncher(PopulationLauncher):
             _wait_done([sub for sub, _ in submitted], deadline_s=60)
             raise
         finally:
-            holders = {me}.union(*(shards.read_holders(sub.paths.folder) for sub, _ in submitted))
+            holders = ours.union(*(shards.read_holders(sub.paths.folder) for sub, _ in submitted))
             shards.release_after_shards([job.plan.output_dir for job in handed], holders)
 
     def _executor(self):

@@ -49,13 +49,15 @@ class JobSpec:
     run_name: str
     resume_hint: str
     group_choices: dict
+    holder: str  # the launcher, as the job's lock names it (see initopt.rundir.RunLock)
 
     @classmethod
     def of(cls, job: Job) -> JobSpec:
         # the launcher applied resume / overwrite already: a requeued shard must resume, never move aside
         plan = job.plan
         cfg = OmegaConf.merge(plan.cfg, {"resume": True, "overwrite": False})
-        return cls(cfg, plan.output_dir, plan.run_name, plan.resume_hint, dict(plan.group_choices))
+        return cls(cfg, plan.output_dir, plan.run_name, plan.resume_hint, dict(plan.group_choices),
+                   holder_of(plan.output_dir))
 
 
 # ------------------------------------------------------------------------------------ packing
@@ -161,7 +163,6 @@ class Shard:
 
     specs: list[JobSpec]
     member_budget: int
-    launcher: str  # the launching process, as its locks name it
     index: int = 0
     attempts: int = 0
 
@@ -172,7 +173,8 @@ class Shard:
 
         self.attempts += 1
         env = submitit.JobEnvironment()
-        _note_holder(env.paths.folder)
+        self.folder = env.paths.folder
+        note_holder(self.folder, this_process())
         print(f"shard {self.index}: attempt {self.attempts}, {len(self.specs)} jobs, {env}", flush=True)
         outcomes: dict[str, Outcome] = {}
         prepared = [job for spec in self.specs if (job := self._prepare(spec, outcomes)) is not None]
@@ -194,14 +196,15 @@ class Shard:
         return outcomes
 
     def _prepare(self, spec: JobSpec, outcomes: dict[str, Outcome]) -> Job | None:
-        take_over(spec.output_dir, self.launcher)
+        take_over(spec.output_dir, spec.holder)
         try:
             job = prepare_job(spec.cfg, spec.output_dir, spec.run_name, spec.resume_hint, spec.group_choices,
                                standalone=False)
         except Exception as err:  # refused (another process in it) or unreadable: nothing touched
             outcomes[str(spec.output_dir)] = Outcome(error=user_error_line(err))
             return None
-        job.lock = HandBack(job.lock, self.launcher)
+        note_holder(self.folder, holder_of(spec.output_dir))  # as this process's lock names it
+        job.lock = HandBack(job.lock, spec.holder)
         return job
 
     def checkpoint(self, *args, **kwargs):
@@ -212,10 +215,11 @@ class Shard:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def _note_holder(folder: Path) -> None:
+def note_holder(folder: Path, holder: str) -> None:
+    """Add a lock holder of this shard to its submitit folder's list (read by :func:`read_holders`)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / HOLDERS, "a") as f:
-        f.write(this_process() + "\n")
+        f.write(holder + "\n")
 
 
 def _stop_as_sigterm(signum, frame) -> None:
