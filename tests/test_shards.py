@@ -24,6 +24,7 @@ from conftest import read_metrics, run_cli, scalar_tags
 
 from initopt import rundir
 from initopt.checks import compose_job
+from initopt.groupruns import GROUPS_DIR
 from initopt.sweep import shards
 from initopt.sweep.grouping import training_groups
 from initopt.sweep.plan import prepare_job
@@ -52,7 +53,7 @@ def start_sweep(tmp: Path, name: str, *args: str) -> subprocess.Popen:
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, Path]:
-    return {p.name: p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return {p.name: p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != GROUPS_DIR}
 
 
 def files(run: Path) -> list[str]:
@@ -172,6 +173,7 @@ def test_sharded_sweep_equals_the_in_process_launcher_job_by_job(tmp_path):
     sweep(tmp_path, "ref", "+launcher=population", *QUICK)
     proc = sweep(tmp_path, "sharded", *SHARDED, *QUICK)
     assert_same_jobs(tmp_path / "sharded", tmp_path / "ref", scalars=True)
+    assert (tmp_path / "sharded" / GROUPS_DIR).is_dir()  # the sweep's end callback ran once all shards were done
     ids = [line.split("is submitit job ")[1].split()[0] for line in proc.stderr.splitlines()
            if "is submitit job" in line]
     assert len(ids) == 2 and "packed into 2 shard(s)" in proc.stderr

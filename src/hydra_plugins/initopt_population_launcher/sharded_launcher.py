@@ -72,7 +72,7 @@ class ShardedPopulationLauncher(PopulationLauncher):
         self.cluster, self.shards, self.folder = cluster, shards, submitit_folder
         self.max_num_timeout, self.executor_options = max_num_timeout, executor
 
-    def train(self, prepared: list) -> dict:
+    def train_jobs(self, prepared: list) -> dict:
         """Train the prepared jobs in shards; ``id(job) -> metrics | exception`` as the in-process launcher."""
         from initopt.sweep import shards
         from initopt.sweep.grouping import training_groups
