@@ -53,7 +53,8 @@ def start_sweep(tmp: Path, name: str, *args: str) -> subprocess.Popen:
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, Path]:
-    return {p.name: p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != GROUPS_DIR}
+    return {p.name: p for p in sweep_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name != GROUPS_DIR}
 
 
 def files(run: Path) -> list[str]:
