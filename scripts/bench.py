@@ -11,6 +11,8 @@
 6. the population launcher's own time per job: (N-job sweep - 1-job sweep) / (N - 1), 2 steps a
    job (N = 600, the study's grid; 60 with --quick), and where each sweep's time goes, phase by
    phase (the launcher writes them where INITOPT_PHASE_TIMES says)
+8. the homework grid (60 jobs, 1500 steps) on 2 local shards (``+launcher=population_local``) /
+   the in-process population launcher
 
 toy = 2-64-64-1 ReLU on moons, batch 64; big = 784-512-256-256-128-10 ReLU on Fashion-MNIST
 (random data of that shape when the files are absent), batch 256; EMA momentum throughout.
@@ -181,6 +183,23 @@ def print_phases(sweeps: dict[str, dict[str, float]]) -> None:
         print(f"{label:<34}" + "".join(f"{phases.get(n, 0.0):9.2f}" for n in names))
 
 
+def shard_grid(quick: bool, tmp: Path) -> tuple[list[tuple[str, float, str]], dict[str, float]]:
+    """8. The homework grid, 4 inits x 3 optimizers x 5 seeds at 1500 steps (100 with --quick):
+    the sharded launcher on 2 local shards (submitit processes) against the in-process population
+    launcher, run alternately (twice each; once with --quick), medians."""
+    grid = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "seed=0,1,2,3,4", "model.hidden=[64,64]",
+            f"steps={100 if quick else 1500}", "eval_every=500", "act_every=0"]
+    variants = {"in-process population launcher": ["+launcher=population"],
+                "2 local shards": ["+launcher=population_local", "hydra.launcher.shards=2"]}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(1 if quick else 2):
+        for name, launcher in variants.items():
+            times[name].append(grid_wall([*launcher, *grid], tmp / f"shard{r}{len(times[name])}{name[:2]}"))
+    walls = {f"grid {grid[4]}, {name} (60 jobs)": statistics.median(t) for name, t in times.items()}
+    ratio = statistics.median(times["2 local shards"]) / statistics.median(times["in-process population launcher"])
+    return [("8. homework grid: 2 local shards / in-process population launcher", ratio, "<= 0.625 (1.6x)")], walls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes)")
@@ -281,6 +300,9 @@ def main() -> None:
         results["launcher_ms_per_job"] = per_job_ms
         rows.append((f"6. launcher's own time per job, ms ({b['jobs']}-job - 1-job sweep) / 15 ms",
                      per_job_ms / 15, "<= 1"))
+        shard_rows, shard_walls = shard_grid(q, tmp)
+        rows += shard_rows
+        walls.update(shard_walls)
 
         if not q:  # the headline: the full study, 600 runs of 1500 steps
             study = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "optim.lr=0.003,0.01,0.03,0.1,0.3",

@@ -28,6 +28,7 @@ in each phase there (``scripts/bench.py`` reads it).
 # sys.modules, and dataclasses then cannot resolve string annotations.
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -142,18 +143,29 @@ class PopulationLauncher(Launcher):
 
     def train(self, returns: list[JobReturn]) -> list[JobReturn]:
         """Phase 2: the prepared jobs trained as populations; each return holds its test accuracy or error."""
-        from initopt.sweep.runner import run_sweep
-
         prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED]
-        outcomes = run_sweep(prepared, self.member_budget)
+        outcomes = self.train_jobs(prepared)
         for ret in returns:
             if ret.status == JobStatus.COMPLETED:
                 outcome = outcomes[id(ret.return_value)]
                 if isinstance(outcome, BaseException):
                     ret.status, ret.return_value = JobStatus.FAILED, outcome
                 else:
-                    ret.return_value = outcome.get("final", {}).get("test_accuracy")
+                    ret.return_value = self.objective(outcome)
         return returns
+
+    def train_jobs(self, prepared: list) -> dict:
+        """``id(job) -> metrics | exception`` for the prepared jobs (the sharded launcher trains them elsewhere)."""
+        from initopt.sweep.runner import run_sweep
+
+        return run_sweep(prepared, self.member_budget)
+
+    @staticmethod
+    def objective(metrics: dict) -> float | None:
+        """What the sweeper gets for a job: its final held-out accuracy; None for a diverged job (nan,
+        which Optuna's sweeper cannot take: None makes it a failed trial and the study goes on)."""
+        value = metrics.get("final", {}).get("test_accuracy")
+        return value if value is not None and math.isfinite(value) else None
 
     def record_outcomes(self, started) -> None:
         """Each job's outcome line in its own train.log (after its launch line)."""
