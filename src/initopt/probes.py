@@ -89,6 +89,14 @@ class PopulationRecords:
         return StepRecords(self.steps[keep], self.walltimes[keep], self.rows[keep, k, :-1], self.rows[keep, k, -1],
                            self.window[k, :-1] if until is None else None)
 
+    def step_tables(self) -> np.ndarray:
+        """``(K, n, P + 3)``: each member's ``[||g_1||, ..., ||g_P||, mean norm, global norm, loss]``
+        at each step (the order of :func:`initopt.tb.step_tags`; :class:`StepRecords`' formulas)."""
+        norms = self.rows[:, :, :-1]
+        table = np.concatenate([norms, norms.mean(axis=2, keepdims=True),
+                                np.sqrt((norms**2).sum(axis=2, keepdims=True)), self.rows[:, :, -1:]], axis=2)
+        return table.transpose(1, 0, 2)
+
     def reduce(self, members: np.ndarray, how) -> StepRecords:
         """A summary over the given members, e.g. ``how=np.mean`` (NaN rows when there are none)."""
         picked = self.rows[:, members]

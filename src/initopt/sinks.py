@@ -34,8 +34,14 @@ class PopulationLogs:
         self.optim = optim
 
     def write_steps(self, records: PopulationRecords, diverged: list[int | None]) -> None:
-        for k, logger in enumerate(self.loggers):
-            logger.write_steps(records.member(k, until=diverged[k]))
+        """Every member's step events, built for the whole population at once
+        (:meth:`initopt.tb.ScalarRows.frames`; a diverged member's up to its step), then each
+        member's window means; a mean run's from the live members."""
+        if self.loggers:
+            counts = [len(records.steps) if d is None else int((records.steps <= d).sum()) for d in diverged]
+            frames = self.loggers[0].step_rows.frames(records.steps, records.walltimes, records.step_tables(), counts)
+            for k, logger in enumerate(self.loggers):
+                logger.write_steps(records.member(k, until=diverged[k]), frames[k])
         for aggregate, members in self.aggregates:
             live = np.array([k for k in members if diverged[k] is None] or members)
             aggregate.write_steps(records.reduce(live, np.mean))
