@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from importlib.resources import files
 from pathlib import Path
 
@@ -51,9 +52,21 @@ def check_runnable(cfg: DictConfig, n_train: int) -> None:
         )
 
 
+_validated: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> a config that passed validate
+
+
+def validate_once(cfg: DictConfig) -> None:
+    """:func:`initopt.config.validate`, unless this very config object passed it already in this
+    process: the command-line checks validate every job of a sweep before the launcher prepares
+    it (the launcher's job configs are the same objects, :data:`initopt.compose.JOBS`)."""
+    if _validated.get(id(cfg)) is not cfg:
+        validate(cfg)
+        _validated[id(cfg)] = cfg
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no data loaded: schema ranges, device, data files, batch size."""
-    validate(cfg)
+    validate_once(cfg)
     resolve_device(cfg.device)
     check_available(cfg.data)
     n_train = expected_train_size(cfg.data)

@@ -50,6 +50,7 @@ class JobConfigs:
         self.parser = OverridesParser.create()
         self._bases: dict[tuple, Base] = {}  # ((config, task name), structural, hydra overrides) -> Base
         self._tasks: dict[tuple, tuple[DictConfig, dict]] = {}  # (config name, overrides) -> task config, choices
+        self._splits: dict[tuple, tuple] = {}  # (loader id, overrides) -> parsed, values, structural
         self.compositions = 0  # full Hydra compositions made
         self.patched = 0  # bases brought up to date with added hydra.* values instead
 
@@ -65,10 +66,15 @@ class JobConfigs:
                 and not loader.repository.group_exists(override.key_or_group))
 
     def _split(self, loader, overrides: list[str]) -> tuple[list[Override], list[Override], tuple[str, ...]]:
-        parsed = self.parser.parse_overrides(overrides)
-        values = [o for o in parsed if self.is_value(o, loader) and not o.is_hydra_override()]
-        structural = tuple(o.input_line for o in parsed if not (self.is_value(o, loader) and not o.is_hydra_override()))
-        return parsed, values, structural
+        """A job's overrides parsed (once per loader and overrides: the launcher asks for its task
+        config and its Hydra node), its plain values, its structural overrides."""
+        key = (id(loader), tuple(overrides))
+        if key not in self._splits:
+            parsed = self.parser.parse_overrides(overrides)
+            plain = [self.is_value(o, loader) and not o.is_hydra_override() for o in parsed]
+            self._splits[key] = (parsed, [o for o, p in zip(parsed, plain) if p],
+                                 tuple(o.input_line for o, p in zip(parsed, plain) if not p))
+        return self._splits[key]
 
     # ------------------------------------------------------------------ bases
     def _base(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:

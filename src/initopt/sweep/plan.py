@@ -20,7 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from initopt import hparams, rundir
-from initopt.config import ConfigError, validate
+from initopt.checks import validate_once
+from initopt.config import ConfigError
 from initopt.engine import checkpoint
 
 
@@ -116,7 +117,7 @@ def prepare_job(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hi
     another config; ``resume=false`` where a run is, unless ``overwrite=true`` (which moves the old
     run to ``<dir>.replaced-<time>`` first).
     """
-    validate(cfg)
+    validate_once(cfg)
     output_dir = Path(output_dir)
     group_choices = group_choices or {}
     if not cfg.resume and rundir.holds_a_run(output_dir):
