@@ -50,7 +50,7 @@ class JobConfigs:
         self.parser = OverridesParser.create()
         self._bases: dict[tuple, Base] = {}  # ((config, task name), structural, hydra overrides) -> Base
         self._tasks: dict[tuple, tuple[DictConfig, dict]] = {}  # (config name, overrides) -> task config, choices
-        self._splits: dict[tuple, tuple] = {}  # (loader id, overrides) -> parsed, values, structural
+        self._splits: dict[tuple, tuple] = {}  # overrides -> parsed, values, structural
         self.compositions = 0  # full Hydra compositions made
         self.patched = 0  # bases brought up to date with added hydra.* values instead
 
@@ -66,9 +66,11 @@ class JobConfigs:
                 and not loader.repository.group_exists(override.key_or_group))
 
     def _split(self, loader, overrides: list[str]) -> tuple[list[Override], list[Override], tuple[str, ...]]:
-        """A job's overrides parsed (once per loader and overrides: the launcher asks for its task
-        config and its Hydra node), its plain values, its structural overrides."""
-        key = (id(loader), tuple(overrides))
+        """A job's overrides parsed (once: the command-line checks ask for its task config, the
+        launcher for its Hydra node), its plain values, its structural overrides. Which override
+        is a config group depends only on the config's search path, the same for every loader of
+        one process (the checks leave a command line with another search path to Hydra)."""
+        key = tuple(overrides)
         if key not in self._splits:
             parsed = self.parser.parse_overrides(overrides)
             plain = [self.is_value(o, loader) and not o.is_hydra_override() for o in parsed]
