@@ -20,6 +20,7 @@ a failed job's has ``error`` and ``traceback``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -83,9 +84,42 @@ def write_metrics(run_dir: Path, payload: dict) -> None:
     try:
         tmp.write_text(json.dumps(_json_safe({"schema": SCHEMA, **payload}), indent=2) + "\n")
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # never a half-written file left behind (a full disk, say)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never a half-written file left behind (a full disk, Ctrl-C)
         raise
+
+
+def write_final(run_dir: Path, state_dict: dict) -> None:
+    """``final.pt`` (the trained weights), atomically: a temp file renamed over it, removed if the
+    write fails (a full disk never leaves a truncated ``final.pt`` that looks like a finished run)."""
+    path = Path(run_dir) / FINAL
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        import torch
+
+        torch.save(state_dict, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(err: BaseException | None) -> OSError | BaseException | None:
+    """The error (or the one it wraps: ``torch.save`` raises a ``RuntimeError`` around the
+    ``OSError``, or only its message) that says the disk is full or the quota spent; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        if any(words in str(err) for words in DISK_FULL_WORDS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -127,7 +161,8 @@ def clear_stale(run_dir: Path, keep_replicas: bool = False) -> None:
     so TensorBoard never shows two runs' points in one run (``.hydra/`` stays; a replica job's
     members, which decide for themselves, stay with ``keep_replicas``)."""
     run_dir = Path(run_dir)
-    for path in [*run_dir.glob(EVENTS_GLOB), run_dir / METRICS, run_dir / FINAL, run_dir / (METRICS + ".tmp")]:
+    for path in [*run_dir.glob(EVENTS_GLOB), run_dir / METRICS, run_dir / FINAL, run_dir / (METRICS + ".tmp"),
+                 run_dir / (FINAL + ".tmp"), run_dir / (CHECKPOINT + ".tmp")]:
         path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / MEAN_RUN, ignore_errors=True)
     if not keep_replicas:
@@ -158,6 +193,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class DirectoryInUse(ConfigError):
+    """Another live process holds the directory's lock (a sweep stops here: exit 2, nothing touched)."""
+
+
 class RunLock:
     """One process trains in a directory at a time: ``.initopt.lock`` holds ``pid host``.
 
@@ -177,7 +216,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 if self._holder_alive():
-                    raise ConfigError("run directory", str(self.path.parent),
+                    raise DirectoryInUse("run directory", str(self.path.parent),
                                       f"in use by another process ({self._holder()}); wait for it or "
                                       "choose another directory") from None
                 self.path.unlink(missing_ok=True)

@@ -23,8 +23,9 @@ from omegaconf import DictConfig
 
 from initopt.checks import user_error_line
 from initopt.config import ConfigError
+from initopt.rundir import DirectoryInUse
 from initopt.signals import StopSignals
-from initopt.sweep import outputs, runner
+from initopt.sweep import outputs, runner, summary
 from initopt.sweep.grouping import training_groups
 from initopt.sweep.plan import Job, prepare_job
 
@@ -56,7 +57,7 @@ def train_jobs(prepared: list[Job], member_budget: int = 0) -> None:
     runner.prepare_cuda_determinism(prepared)
     for job in prepared:
         if job.plan.members:
-            job.mode = runner.replicas_mode(job.plan.cfg, runner.load_data(job.plan.cfg))
+            runner.plan_training(job)
     with StopSignals() as stop:
         for group in training_groups(prepared, member_budget):
             trained = runner.train_group(group, stop)
@@ -72,6 +73,9 @@ def resume_command(output_dir: Path, multirun: bool, sweep_dir: str | None) -> s
     return shlex.join([Path(sys.executable).name, "-m", "initopt.train", *args, target])
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
 @hydra.main(version_base="1.3", config_path="pkg://initopt.conf", config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -80,12 +84,28 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hint = resume_command(output_dir, multirun, hc.sweep.dir if multirun else None)
     try:
         metrics = run(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), not multirun)
+    except DirectoryInUse as err:  # another process works here (a second sweep into one directory)
+        print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
+        sys.exit(summary.EXIT_USAGE)
     except ConfigError as err:
         if multirun:  # the sweep goes on; the job's metrics.json has the error
-            raise
+            return job_failed(hc.job.override_dirname, output_dir, err)
         print(f"initopt.train: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(summary.EXIT_USAGE)
+    except Exception as err:
+        if multirun:
+            return job_failed(hc.job.override_dirname, output_dir, err)
+        raise
+    if multirun:
+        summary.record(output_dir, metrics)
     return metrics.get("final", {}).get("test_accuracy")
+
+
+def job_failed(label: str, output_dir: Path, err: Exception) -> None:
+    """A sweep's job failed (its metrics.json says why): one line, and the sweep goes on."""
+    outputs.record_failure(output_dir, err)  # a refusal before training has no record yet
+    print(f"[{label or output_dir}] failed: {user_error_line(err)}", file=sys.stderr)
+    summary.record(output_dir, err)
 
 
 def main() -> None:
@@ -96,8 +116,16 @@ def main() -> None:
         precheck_command_line(sys.argv[1:])
     except Exception as err:  # one line naming key, value and what is allowed; no traceback wall
         print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+        sys.exit(summary.EXIT_USAGE)
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C before training started (composing, preparing the jobs)
+        print("initopt.train: interrupted before training started: nothing was trained and no lock is "
+              "left; rerun the same command to start", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
+    code = summary.finish()  # a sweep's summary line; 3 when some job failed
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

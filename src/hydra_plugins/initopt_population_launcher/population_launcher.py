@@ -22,6 +22,7 @@ stop the sweep; rerunning the same command resumes it and skips the finished job
 # No `from __future__ import annotations` here: Hydra's plugin scan runs this module before it is in
 # sys.modules, and dataclasses then cannot resolve string annotations.
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,16 +79,18 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Preparing {len(job_overrides)} jobs for the population launcher")
-        returns = [self._prepare(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        returns: list[JobReturn] = []
+        try:
+            for i, o in enumerate(job_overrides):
+                returns.append(self._prepare(list(o), initial_job_idx + i))
+                refuse_if_in_use(returns[-1])
+        except BaseException:  # Ctrl-C or a refusal while preparing: no prepared job keeps its lock
+            release_prepared(returns)
+            raise
         prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED]
         outcomes = run_sweep(prepared, self.member_budget)
         for ret in returns:
-            if ret.status == JobStatus.COMPLETED:
-                outcome = outcomes[id(ret.return_value)]
-                if isinstance(outcome, BaseException):
-                    ret.status, ret.return_value = JobStatus.FAILED, outcome
-                else:
-                    ret.return_value = outcome.get("final", {}).get("test_accuracy")
+            finish_return(ret, outcomes)
         return returns
 
     def _prepare(self, overrides: list[str], idx: int) -> JobReturn:
@@ -98,6 +101,51 @@ class PopulationLauncher(Launcher):
             sweep_config.hydra.job.num = idx
         return run_job(hydra_context=self.hydra_context, task_function=_prepare_job, config=sweep_config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+def refuse_if_in_use(ret: JobReturn) -> None:
+    """Another live process works in this job's directory (a second sweep into one directory):
+    the sweep stops in one line, exit 2, before any job trains."""
+    from initopt.checks import user_error_line
+    from initopt.rundir import DirectoryInUse
+    from initopt.sweep.summary import EXIT_USAGE
+
+    if ret.status == JobStatus.FAILED and isinstance(failure_of(ret), DirectoryInUse):
+        print(f"initopt.train: error: {user_error_line(failure_of(ret))}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def failure_of(ret: JobReturn) -> BaseException:
+    """The exception a failed job's task raised (Hydra re-raises it on ``return_value``)."""
+    try:
+        _ = ret.return_value
+    except Exception as err:
+        return err
+    raise AssertionError("the job did not fail")
+
+
+def release_prepared(returns: list[JobReturn]) -> None:
+    for ret in returns:
+        if ret.status == JobStatus.COMPLETED:
+            ret.return_value.release()
+
+
+def finish_return(ret: JobReturn, outcomes: dict) -> None:
+    """The job's outcome into the sweep's summary (a failed job: one line and its metrics.json); the
+    return marked completed so that Hydra does not re-raise it (the summary's exit code says it)."""
+    from initopt.checks import user_error_line
+    from initopt.sweep import outputs, summary
+
+    output_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+    if ret.status == JobStatus.COMPLETED:
+        outcome = outcomes[id(ret.return_value)]
+    else:  # refused while preparing (its checks, its directory, its checkpoint)
+        outcome = failure_of(ret)
+        outputs.record_failure(output_dir, outcome)
+        print(f"[{ret.hydra_cfg.hydra.job.override_dirname}] failed: {user_error_line(outcome)}", file=sys.stderr)
+    summary.record(output_dir, outcome)
+    ret.status = JobStatus.COMPLETED
+    ret.return_value = None if isinstance(outcome, BaseException) else outcome.get("final", {}).get("test_accuracy")
 
 
 @dataclass

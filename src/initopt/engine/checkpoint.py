@@ -34,8 +34,12 @@ def save(path: Path, fingerprints: list[str], population, optimizer, loop_state,
         "torch_rng": torch.get_rng_state(),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: no partial file left; the previous checkpoint stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path, fingerprints: list[str]) -> dict:

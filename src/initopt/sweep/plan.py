@@ -93,6 +93,7 @@ class Job:
     checkpoints: dict[MemberPlan, dict] = field(default_factory=dict)
     results: dict[MemberPlan, dict] = field(default_factory=dict)
     split: bool = False  # its members train in more than one group (see initopt.sweep.grouping)
+    error: BaseException | None = None  # writing its outputs failed (initopt.sweep.outputs)
 
     @property
     def pending(self) -> list[MemberPlan]:
