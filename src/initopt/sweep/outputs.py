@@ -178,6 +178,7 @@ def as_user_error(job: Job, err: BaseException) -> BaseException:
     if full is None:
         return err
     for member in job.pending:
+        (member.dir / rundir.FINAL).unlink(missing_ok=True)  # weights without metrics.json: not finished
         if not (member.dir / rundir.CHECKPOINT).exists():
             rundir.clear_stale(member.dir)
     if job.plan.replicated:

@@ -186,9 +186,14 @@ def open_sinks(group: TrainingGroup, param_names: list[str], effective_lr: list[
 def checkpoint_saver(group: TrainingGroup, training: engine.Training):
     """The engine's checkpoint callback: one checkpoint per member directory."""
     def save(state) -> None:
-        for i, member in enumerate(group.members):
-            checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training.population,
-                            training.optimizer, state, members=[i])
+        for i, (member, owner) in enumerate(zip(group.members, group.owners)):
+            if owner.error is not None:
+                continue
+            try:
+                checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training.population,
+                                training.optimizer, state, members=[i])
+            except Exception as err:  # a full disk: this job fails at the end, the others train on
+                owner.error = err
     return save
 
 
