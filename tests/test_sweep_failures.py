@@ -42,11 +42,12 @@ main()
 """
 
 
-def wait_for(condition, what: str, deadline_s: float = 240):
+def wait_for(condition, what: str, proc: subprocess.Popen, deadline_s: float = 600):
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if condition():
             return
+        assert proc.poll() is None, f"exited ({proc.returncode}) before {what}: {proc.communicate()[1][-3000:]}"
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -75,7 +76,7 @@ def test_a_second_sweep_into_a_running_sweeps_directory_gets_one_line_and_exit_2
     first = subprocess.Popen([sys.executable, "-m", "initopt.train", *grid, "+launcher=population"], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(locks(tmp_path / "sw")) == 2, "the first sweep's locks")
+        wait_for(lambda: len(locks(tmp_path / "sw")) == 2, "the first sweep's locks", first)
         for launcher in ([], ["+launcher=population"]):
             second = run_cli(*grid, *launcher, cwd=tmp_path)
             assert second.returncode == 2, second.stderr[-3000:]
@@ -95,10 +96,10 @@ def test_a_second_sweep_into_a_running_sweeps_directory_gets_one_line_and_exit_2
 # ------------------------------------------------------------------------------ Ctrl-C
 def test_ctrl_c_while_the_population_launcher_prepares_jobs_exits_130_and_leaves_no_lock(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "initopt.train", "-m", "+launcher=population",
-                             "seed=range(0,400)", *SMALL, "hydra.sweep.dir=sw"], cwd=tmp_path,
+                             "seed=range(0,60)", *SMALL, "hydra.sweep.dir=sw"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: bool(locks(tmp_path / "sw")) if (tmp_path / "sw").is_dir() else False, "the first lock")
+        wait_for(lambda: bool(locks(tmp_path / "sw")) if (tmp_path / "sw").is_dir() else False, "the first lock", proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
     finally:
@@ -182,3 +183,24 @@ def test_a_full_disk_in_one_writer_fails_that_job_only_and_leaves_no_partial_fil
         assert (full / rundir.CHECKPOINT).exists() or not list(full.glob(rundir.EVENTS_GLOB))
     if writer != "metrics":  # where there is room, the failure is recorded
         assert read_metrics(full)["status"] == "failed" and "the disk is full" in read_metrics(full)["error"]
+
+
+# ------------------------------------------------------------------- a job is its config
+def test_widening_a_sweep_finds_finished_jobs_by_config_and_the_report_counts_each_once(tmp_path):
+    from initopt.report.jobs import find_jobs
+
+    first = run_cli("-m", "init=xavier,he", "seed=0", *SMALL, "hydra.sweep.dir=S", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert {p.name for p in (tmp_path / "S").iterdir() if p.is_dir()} == {"init=xavier", "init=he"}
+    wider = run_cli("-m", "+launcher=population", "init=xavier,he", "seed=0,1", *SMALL, "hydra.sweep.dir=S",
+                    cwd=tmp_path)
+    assert wider.returncode == 0, wider.stderr[-3000:]
+    for init in ("xavier", "he"):  # the new name for seed 0 points at the run trained before, not retrained
+        renamed = tmp_path / "S" / f"init={init},seed=0"
+        assert read_metrics(renamed)[rundir.SAME_RUN_AS] == str((tmp_path / "S" / f"init={init}").resolve())
+        assert not list(renamed.glob(rundir.EVENTS_GLOB)) and not (renamed / rundir.FINAL).exists()
+        assert read_metrics(tmp_path / "S" / f"init={init},seed=1")["status"] == "ok"
+    assert "2 members to train" in wider.stderr and wider.stdout.count("not retrained") == 2
+    jobs = [j for j in find_jobs(tmp_path / "S") if j.state == "finished"]
+    assert len(jobs) == 4 and len({j.metrics["fingerprint"] for j in jobs}) == 4
+    assert {j.path.name for j in jobs} == {"init=xavier", "init=he", "init=xavier,seed=1", "init=he,seed=1"}

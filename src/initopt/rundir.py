@@ -136,6 +136,29 @@ def finished_metrics(run_dir: Path) -> dict | None:
     return metrics if metrics is not None and metrics.get("status") in FINISHED else None
 
 
+# ------------------------------------------------------------------------------- a job is its config
+SAME_RUN_AS = "same_run_as"  # metrics.json of a job found finished under another directory name
+_finished_by_fingerprint: dict[Path, dict[str, Path]] = {}
+
+
+def finished_twin(sweep_dir: Path, fp: str, exclude: Path) -> Path | None:
+    """A job directory of ``sweep_dir`` holding a finished run of the config with fingerprint ``fp``
+    (trained under another directory name, e.g. before the sweep was widened), or None.
+
+    The sweep's ``metrics.json`` files are read once per process (a sweep's jobs share the index).
+    """
+    sweep_dir = Path(sweep_dir).resolve()
+    if sweep_dir not in _finished_by_fingerprint:
+        index: dict[str, Path] = {}
+        for path in sorted(sweep_dir.glob(f"*/{METRICS}")):
+            done = finished_metrics(path.parent)
+            if done is not None and done.get("fingerprint") and not done.get(SAME_RUN_AS):
+                index.setdefault(done["fingerprint"], path.parent)
+        _finished_by_fingerprint[sweep_dir] = index
+    twin = _finished_by_fingerprint[sweep_dir].get(fp)
+    return twin if twin is not None and twin != Path(exclude).resolve() and finished_metrics(twin) else None
+
+
 # ------------------------------------------------------------------------------- what is there
 def holds_a_run(run_dir: Path) -> bool:
     """Anything a run writes: events, metrics, weights or a checkpoint."""

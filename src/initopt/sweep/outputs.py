@@ -94,7 +94,10 @@ def finish_job(job: Job) -> dict:
     if job.error is not None:  # writing a member's outputs failed (see finish_members)
         raise job.error
     if plan.finished is not None:
-        print(f"[{plan.label}] already finished ({plan.finished.get('status')}); kept as it is: {plan.output_dir}")
+        twin = plan.finished.get(rundir.SAME_RUN_AS)
+        where = f"in {twin} (the same config under another name; not retrained)" if twin else \
+            f"kept as it is: {plan.output_dir}"
+        print(f"[{plan.label}] already finished ({plan.finished.get('status')}); {where}")
         return plan.finished
     if not plan.replicated:
         metrics = job.metrics_of(plan.members[0])
