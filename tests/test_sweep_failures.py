@@ -204,3 +204,20 @@ def test_widening_a_sweep_finds_finished_jobs_by_config_and_the_report_counts_ea
     jobs = [j for j in find_jobs(tmp_path / "S") if j.state == "finished"]
     assert len(jobs) == 4 and len({j.metrics["fingerprint"] for j in jobs}) == 4
     assert {j.path.name for j in jobs} == {"init=xavier", "init=he", "init=xavier,seed=1", "init=he,seed=1"}
+
+
+def test_resuming_a_sweep_with_steps_changed_fails_that_job_in_one_line_naming_the_key(tmp_path):
+    before = compose_job(["model.hidden=[8]", "steps=30", "seed=0"])
+    training = engine.build(before, runner.load_data(before))
+    job_dir = tmp_path / "S" / "seed=0"
+    job_dir.mkdir(parents=True)  # an interrupted job of the sweep, as the saver leaves it
+    checkpoint.save(job_dir / rundir.CHECKPOINT, [rundir.fingerprint(before)], training.population,
+                    training.optimizer, training.state, members=[0], configs=[rundir.run_config(before)])
+    proc = run_cli("-m", "seed=0,1", "model.hidden=[8]", "steps=40", "eval_every=10", "hydra.sweep.dir=S",
+                   cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("[seed=0] failed: ")]
+    assert "steps: 30 there, 40 here" in line and str(job_dir.resolve() / rundir.CHECKPOINT) in line
+    assert (job_dir / rundir.CHECKPOINT).exists()  # left for the user
+    assert read_metrics(tmp_path / "S" / "seed=1")["status"] == "ok"

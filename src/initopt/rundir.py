@@ -55,15 +55,20 @@ def dirname_exclude_keys() -> list[str]:
     return [*NON_RUN_KEYS, *(f"+{k}" for k in NON_RUN_KEYS)]
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS`."""
+def run_config(cfg: DictConfig) -> dict:
+    """The composed config as plain data, less :data:`NON_RUN_KEYS`: what a run computes."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in NON_RUN_KEYS:
         node, _, leaf = key.rpartition(".")
         parent = plain.get(node, {}) if node else plain
         if isinstance(parent, dict):
             parent.pop(leaf, None)
-    return hashlib.sha1(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+    return plain
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS` (:func:`run_config`)."""
+    return hashlib.sha1(json.dumps(run_config(cfg), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- metrics.json
@@ -216,6 +221,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_HELD: set[RunLock] = set()  # the locks this process holds
+
+
+def release_held_locks() -> None:
+    """Every lock this process holds, released (Ctrl-C while a sweep's jobs are being prepared:
+    a job's lock may be taken before the launcher knows of the job)."""
+    for lock in list(_HELD):
+        lock.release()
+
+
 class DirectoryInUse(ConfigError):
     """Another live process holds the directory's lock (a sweep stops here: exit 2, nothing touched)."""
 
@@ -244,9 +259,10 @@ class RunLock:
                                       "choose another directory") from None
                 self.path.unlink(missing_ok=True)
                 continue
+            self.held = True
+            _HELD.add(self)
             with os.fdopen(fd, "w") as f:
                 f.write(me)
-            self.held = True
             return self
         raise ConfigError("run directory", str(self.path.parent), "its lock could not be taken")
 
@@ -268,6 +284,7 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            _HELD.discard(self)
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from initopt.checks import user_error_line
 from initopt.config import ConfigError
-from initopt.rundir import DirectoryInUse
+from initopt.rundir import DirectoryInUse, release_held_locks
 from initopt.signals import StopSignals
 from initopt.sweep import outputs, runner, summary
 from initopt.sweep.grouping import training_groups
@@ -120,6 +120,7 @@ def main() -> None:
     try:
         hydra_main()
     except KeyboardInterrupt:  # Ctrl-C before training started (composing, preparing the jobs)
+        release_held_locks()
         print("initopt.train: interrupted before training started: nothing was trained and no lock is "
               "left; rerun the same command to start", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)

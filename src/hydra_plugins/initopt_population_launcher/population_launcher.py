@@ -125,9 +125,13 @@ def failure_of(ret: JobReturn) -> BaseException:
 
 
 def release_prepared(returns: list[JobReturn]) -> None:
+    """The prepared jobs' locks, and any taken by a job whose preparation was cut short."""
+    from initopt.rundir import release_held_locks
+
     for ret in returns:
         if ret.status == JobStatus.COMPLETED:
             ret.return_value.release()
+    release_held_locks()
 
 
 def finish_return(ret: JobReturn, outcomes: dict) -> None:

@@ -190,7 +190,8 @@ def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[
     if state == "finished":
         return MemberPlan(cfg, member_dir, name, fp, Start.FINISHED, stored_metrics=rundir.read_metrics(member_dir))
     if state == "resumable":
-        saved = checkpoint.load(member_dir / rundir.CHECKPOINT, [fp])  # a bad checkpoint fails now, in one line
+        # a bad checkpoint fails now, in one line (a config mismatch names the keys that differ)
+        saved = checkpoint.load(member_dir / rundir.CHECKPOINT, [fp], [rundir.run_config(cfg)])
         member = MemberPlan(cfg, member_dir, name, fp, Start.RESUME, start_step=checkpoint_step(saved))
         checkpoints[member] = saved
         return member

@@ -191,7 +191,7 @@ def checkpoint_saver(group: TrainingGroup, training: engine.Training):
                 continue
             try:
                 checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training.population,
-                                training.optimizer, state, members=[i])
+                                training.optimizer, state, members=[i], configs=[rundir.run_config(member.cfg)])
             except Exception as err:  # a full disk: this job fails at the end, the others train on
                 owner.error = err
     return save
