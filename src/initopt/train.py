@@ -119,10 +119,10 @@ def main() -> None:
         sys.exit(summary.EXIT_USAGE)
     try:
         hydra_main()
-    except KeyboardInterrupt:  # Ctrl-C before training started (composing, preparing the jobs)
+    except KeyboardInterrupt:  # Ctrl-C outside training (composing, preparing the jobs, between jobs)
         release_held_locks()
-        print("initopt.train: interrupted before training started: nothing was trained and no lock is "
-              "left; rerun the same command to start", file=sys.stderr)
+        print("initopt.train: interrupted outside training: no lock is left and nothing is half-written; "
+              "rerun the same command to go on (finished jobs are kept)", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
     code = summary.finish()  # a sweep's summary line; 3 when some job failed
     if code:
