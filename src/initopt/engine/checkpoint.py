@@ -83,3 +83,12 @@ def flatten(tree, prefix: str = "") -> dict:
     if isinstance(tree, dict) and tree:
         return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
     return {prefix[:-1]: tree}
+
+
+def restore(payload: dict, population, optimizer, loop_state, members: list[int]) -> None:
+    """A checkpoint's members into slots ``members`` of the population's device tensors; generator
+    and RNG states stay on the CPU."""
+    population.load_state_dict(payload["population"], members)
+    optimizer.load_state_dict(payload["optimizer"], members)
+    loop_state.load_state_dict(payload["loop"], members)
+    torch.set_rng_state(payload["torch_rng"].cpu())
