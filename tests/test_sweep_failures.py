@@ -117,8 +117,7 @@ def test_a_checkpoint_with_a_tensor_of_the_wrong_shape_fails_only_its_job_and_is
     training = engine.build(wider, runner.load_data(wider))
     bad_file = tmp_path / "bad" / rundir.CHECKPOINT
     bad_file.parent.mkdir()
-    checkpoint.save(bad_file, [rundir.fingerprint(cfg)], training.population, training.optimizer,
-                    training.state, members=[0])  # this config's fingerprint, another model's tensors
+    checkpoint.save(bad_file, [rundir.fingerprint(cfg)], training, members=[0])  # another model's tensors
     good = prepare_job(cfg, tmp_path / "good", "good")
     bad = prepare_job(cfg, tmp_path / "bad", "bad")
     outcomes = run_sweep([good, bad], member_budget=0)
@@ -211,8 +210,8 @@ def test_resuming_a_sweep_with_steps_changed_fails_that_job_in_one_line_naming_t
     training = engine.build(before, runner.load_data(before))
     job_dir = tmp_path / "S" / "seed=0"
     job_dir.mkdir(parents=True)  # an interrupted job of the sweep, as the saver leaves it
-    checkpoint.save(job_dir / rundir.CHECKPOINT, [rundir.fingerprint(before)], training.population,
-                    training.optimizer, training.state, members=[0], configs=[rundir.run_config(before)])
+    checkpoint.save(job_dir / rundir.CHECKPOINT, [rundir.fingerprint(before)], training, members=[0],
+                    configs=[rundir.run_config(before)])
     proc = run_cli("-m", "seed=0,1", "model.hidden=[8]", "steps=40", "eval_every=10", "hydra.sweep.dir=S",
                    cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr[-3000:]
