@@ -15,6 +15,11 @@
 3. Each population trains in one engine pass; every job's directory ends exactly as a separate run
    would leave it (TensorBoard run, ``final.pt``, ``metrics.json`` noting the population).
 
+A job that fails (its checks, its data, a write) gets one line and ``status: failed`` in its
+``metrics.json``; the others go on, and the sweep ends in one summary line and exit 3
+(:mod:`initopt.sweep.summary`; the sharded launcher's jobs too, through :meth:`PopulationLauncher.train`).
+A job directory in use by another live process stops the sweep before anything trains (exit 2).
+
 SIGINT / SIGTERM checkpoint the population in training (one checkpoint per member directory) and
 stop the sweep; rerunning the same command resumes it and skips the finished jobs.
 
