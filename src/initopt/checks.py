@@ -212,7 +212,7 @@ def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> 
             raise ConfigError(key, chosen, "holds a finished run of another config; choose a new directory "
                               "(or resume=false overwrite=true)")
         if state == "resumable":
-            checkpoint.load(path / rundir.CHECKPOINT, [fp])
+            checkpoint.load(path / rundir.CHECKPOINT, [fp], [rundir.run_config(cfg)])
 
 
 def check_member_budget(master: DictConfig) -> None:

@@ -49,6 +49,7 @@ class Started:
     ret: JobReturn
     output_dir: Path
     log_file: Path | None
+    name: str = ""  # the job's run name (Hydra's override_dirname), as its failure line shows it
     lines: list[str] = field(default_factory=list)  # its train.log lines, written at the end
 
 
@@ -133,7 +134,7 @@ class JobStarter:
         with env_override(node["job"].get("env_set") or {}):
             _run_task(ret, task_function, task_cfg, output_dir, dirname, base.choices)
         log_file = output_dir / f"{node['job']['name']}.log" if self.formatter else None
-        return Started(ret, output_dir, log_file)
+        return Started(ret, output_dir, log_file, dirname)
 
     # ------------------------------------------------------------ the general way
     def _start_general(self, overrides: list[str], idx: int, task_function) -> Started:
@@ -159,7 +160,8 @@ class JobStarter:
                 _run_task(ret, task_function, task_cfg, output_dir, config.hydra.job.override_dirname, choices)
                 self.callbacks.on_job_end(config=config, job_return=ret)
             log_file = OmegaConf.select(config, "hydra.job_logging.handlers.file.filename")
-            return Started(ret, output_dir, Path(log_file) if log_file and self.formatter else None)
+            return Started(ret, output_dir, Path(log_file) if log_file and self.formatter else None,
+                           str(config.hydra.job.override_dirname))
         finally:
             hydra_config.cfg = previous
 

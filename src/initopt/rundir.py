@@ -20,6 +20,7 @@ a failed job's has ``error`` and ``traceback``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -55,15 +56,20 @@ def dirname_exclude_keys() -> list[str]:
     return [*NON_RUN_KEYS, *(f"+{k}" for k in NON_RUN_KEYS)]
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS`."""
+def run_config(cfg: DictConfig) -> dict:
+    """The composed config as plain data, less :data:`NON_RUN_KEYS`: what a run computes."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in NON_RUN_KEYS:
         node, _, leaf = key.rpartition(".")
         parent = plain.get(node, {}) if node else plain
         if isinstance(parent, dict):
             parent.pop(leaf, None)
-    return hashlib.sha1(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+    return plain
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS` (:func:`run_config`)."""
+    return hashlib.sha1(json.dumps(run_config(cfg), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- metrics.json
@@ -84,9 +90,42 @@ def write_metrics(run_dir: Path, payload: dict) -> None:
     try:
         tmp.write_text(json.dumps(_json_safe({"schema": SCHEMA, **payload}), indent=2) + "\n")
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # never a half-written file left behind (a full disk, say)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never a half-written file left behind (a full disk, Ctrl-C)
         raise
+
+
+def write_final(run_dir: Path, state_dict: dict) -> None:
+    """``final.pt`` (the trained weights), atomically: a temp file renamed over it, removed if the
+    write fails (a full disk never leaves a truncated ``final.pt`` that looks like a finished run)."""
+    path = Path(run_dir) / FINAL
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        import torch
+
+        torch.save(state_dict, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(err: BaseException | None) -> OSError | BaseException | None:
+    """The error (or the one it wraps: ``torch.save`` raises a ``RuntimeError`` around the
+    ``OSError``, or only its message) that says the disk is full or the quota spent; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        if any(words in str(err) for words in DISK_FULL_WORDS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -120,6 +159,29 @@ def creatable_problem(directory: Path) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------- a job is its config
+SAME_RUN_AS = "same_run_as"  # metrics.json of a job found finished under another directory name
+_finished_by_fingerprint: dict[Path, dict[str, Path]] = {}
+
+
+def finished_twin(sweep_dir: Path, fp: str, exclude: Path) -> Path | None:
+    """A job directory of ``sweep_dir`` holding a finished run of the config with fingerprint ``fp``
+    (trained under another directory name, e.g. before the sweep was widened), or None.
+
+    The sweep's ``metrics.json`` files are read once per process (a sweep's jobs share the index).
+    """
+    sweep_dir = Path(sweep_dir).resolve()
+    if sweep_dir not in _finished_by_fingerprint:
+        index: dict[str, Path] = {}
+        for path in sorted(sweep_dir.glob(f"*/{METRICS}")):
+            done = finished_metrics(path.parent)
+            if done is not None and done.get("fingerprint") and not done.get(SAME_RUN_AS):
+                index.setdefault(done["fingerprint"], path.parent)
+        _finished_by_fingerprint[sweep_dir] = index
+    twin = _finished_by_fingerprint[sweep_dir].get(fp)
+    return twin if twin is not None and twin != Path(exclude).resolve() and finished_metrics(twin) else None
+
+
 # ------------------------------------------------------------------------------- what is there
 def holds_a_run(run_dir: Path) -> bool:
     """Anything a run writes: events, metrics, weights or a checkpoint."""
@@ -145,7 +207,8 @@ def clear_stale(run_dir: Path, keep_replicas: bool = False) -> None:
     so TensorBoard never shows two runs' points in one run (``.hydra/`` stays; a replica job's
     members, which decide for themselves, stay with ``keep_replicas``)."""
     run_dir = Path(run_dir)
-    for path in [*run_dir.glob(EVENTS_GLOB), run_dir / METRICS, run_dir / FINAL, run_dir / (METRICS + ".tmp")]:
+    for path in [*run_dir.glob(EVENTS_GLOB), run_dir / METRICS, run_dir / FINAL, run_dir / (METRICS + ".tmp"),
+                 run_dir / (FINAL + ".tmp"), run_dir / (CHECKPOINT + ".tmp")]:
         path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / MEAN_RUN, ignore_errors=True)
     if not keep_replicas:
@@ -195,6 +258,20 @@ def live_locks(directory: Path) -> list[RunLock]:
     return [lock for path in sorted(Path(directory).rglob(LOCK)) if (lock := RunLock(path.parent)).holder_alive()]
 
 
+_HELD: set[RunLock] = set()  # the locks this process holds
+
+
+def release_held_locks() -> None:
+    """Every lock this process holds, released (Ctrl-C while a sweep's jobs are being prepared:
+    a job's lock may be taken before the launcher knows of the job)."""
+    for lock in list(_HELD):
+        lock.release()
+
+
+class DirectoryInUse(ConfigError):
+    """Another live process holds the directory's lock (a sweep stops here: exit 2, nothing touched)."""
+
+
 class RunLock:
     """One process trains in a directory at a time: ``.initopt.lock`` holds ``pid host``.
 
@@ -214,14 +291,15 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 if self.holder_alive():
-                    raise ConfigError("run directory", str(self.path.parent),
-                                      f"in use by another process ({self._text()}); wait for it or "
-                                      "choose another directory") from None
+                    raise DirectoryInUse("run directory", str(self.path.parent),
+                                         f"in use by another process ({self._text()}); wait for it or "
+                                         "choose another directory") from None
                 self.path.unlink(missing_ok=True)
                 continue
+            self.held = True
+            _HELD.add(self)
             with os.fdopen(fd, "w") as f:
                 f.write(me)
-            self.held = True
             return self
         raise ConfigError("run directory", str(self.path.parent), "its lock could not be taken")
 
@@ -252,6 +330,7 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            _HELD.discard(self)
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -19,7 +19,9 @@ import shutil
 import sys
 from pathlib import Path
 
-INTERRUPTED = "initopt.train: interrupted outside training (nothing to checkpoint); rerun the same command"
+INTERRUPTED = ("initopt.train: interrupted outside training (nothing to checkpoint): no lock is left and nothing "
+               "is half-written; rerun the same command to go on (finished jobs are kept)")
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 try:  # torch loads for seconds: Ctrl-C meanwhile is one line and exit 130, not an import traceback
     import hydra
@@ -29,13 +31,14 @@ try:  # torch loads for seconds: Ctrl-C meanwhile is one line and exit 130, not 
 
     from initopt.checks import user_error_line
     from initopt.config import ConfigError
+    from initopt.rundir import DirectoryInUse, release_held_locks
     from initopt.signals import StopSignals
-    from initopt.sweep import outputs, runner
+    from initopt.sweep import outputs, runner, summary
     from initopt.sweep.grouping import training_groups
     from initopt.sweep.plan import Job, prepare_job
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
-    raise SystemExit(130) from None
+    raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "",
@@ -65,7 +68,7 @@ def train_jobs(prepared: list[Job], member_budget: int = 0) -> None:
     runner.prepare_cuda_determinism(prepared)
     for job in prepared:
         if job.plan.members:
-            job.mode = runner.replicas_mode(job.plan.cfg, runner.load_data(job.plan.cfg))
+            runner.plan_training(job)
     with StopSignals() as stop:
         for group in training_groups(prepared, member_budget):
             trained = runner.train_group(group, stop)
@@ -122,12 +125,28 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hint = resume_command(output_dir, multirun, hc.sweep.dir if multirun else None)
     try:
         metrics = run(cfg, output_dir, hc.job.override_dirname, hint, dict(hc.runtime.choices), not multirun)
+    except DirectoryInUse as err:  # another process works here (a second sweep into one directory)
+        print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
+        sys.exit(summary.EXIT_USAGE)
     except ConfigError as err:
         if multirun:  # the sweep goes on; the job's metrics.json has the error
-            raise
+            return job_failed(hc.job.override_dirname, output_dir, err)
         print(f"initopt.train: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(summary.EXIT_USAGE)
+    except Exception as err:
+        if multirun:
+            return job_failed(hc.job.override_dirname, output_dir, err)
+        raise
+    if multirun:
+        summary.record(output_dir, metrics)
     return metrics.get("final", {}).get("test_accuracy")
+
+
+def job_failed(label: str, output_dir: Path, err: Exception) -> None:
+    """A sweep's job failed (its metrics.json says why): one line, and the sweep goes on."""
+    outputs.record_failure(output_dir, err)  # a refusal before training has no record yet
+    print(f"[{label or output_dir}] failed: {user_error_line(err)}", file=sys.stderr)
+    summary.record(output_dir, err)
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -138,20 +157,26 @@ def check_command_line(argv: list[str]) -> None:
         precheck_command_line(argv)
     except Exception as err:  # no traceback wall
         print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(summary.EXIT_USAGE)
 
 
 def main() -> None:
-    """Check the command line as Hydra will read it, then hand over to Hydra.
+    """Check the command line as Hydra will read it, then hand over to Hydra; a sweep ends in its
+    summary line (exit 3 when some job failed, see :mod:`initopt.sweep.summary`).
 
-    Ctrl-C before the training loop takes it over (the checks, Hydra composing and preparing a
-    job) or after (writing the outputs) has no checkpoint to write: one line, exit 130."""
+    Ctrl-C before the training loop takes it over (the checks, Hydra composing and preparing the
+    jobs, between jobs) or after (writing the outputs) has no checkpoint to write: every lock this
+    process holds is released, one line, exit 130."""
     try:
         check_command_line(sys.argv[1:])
         hydra_main()
     except KeyboardInterrupt:
+        release_held_locks()
         print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT)
+    code = summary.finish()  # a sweep's summary line; 3 when some job failed
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@
 3. Each population trains in one engine pass; every job's directory ends exactly as a separate run
    would leave it (TensorBoard run, ``final.pt``, ``metrics.json`` noting the population).
 
+A job that fails (its checks, its data, a write) gets one line and ``status: failed`` in its
+``metrics.json``; the others go on, and the sweep ends in one summary line and exit 3
+(:mod:`initopt.sweep.summary`; the sharded launcher's jobs too, through :meth:`PopulationLauncher.train`).
+A job directory in use by another live process stops the sweep before anything trains (exit 2).
+
 SIGINT / SIGTERM checkpoint the population in training (one checkpoint per member directory) and
 stop the sweep; rerunning the same command resumes it and skips the finished jobs.
 
@@ -30,6 +35,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,13 +95,14 @@ def _prepare_job(sweep_dir: str):
     return prepare
 
 
-def _outcome_line(ret: JobReturn) -> str:
-    if ret.status == JobStatus.COMPLETED:
-        accuracy = ret.return_value
-        return "finished" + ("" if accuracy is None else f": test accuracy {accuracy:.4f}")
-    from initopt.checks import user_error_line
+def _outcome_line(outcome, objective) -> str:
+    """``finished: test accuracy 0.9000`` or ``failed: <cause>`` for the job's train.log."""
+    if outcome is None or isinstance(outcome, BaseException):
+        from initopt.checks import user_error_line
 
-    return f"failed: {user_error_line(ret.return_value)}"
+        return f"failed: {user_error_line(outcome) if outcome is not None else 'not trained'}"
+    accuracy = objective(outcome)
+    return "finished" + ("" if accuracy is None else f": test accuracy {accuracy:.4f}")
 
 
 class PopulationLauncher(Launcher):
@@ -104,6 +111,7 @@ class PopulationLauncher(Launcher):
         self.member_budget = member_budget
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
+        self.outcomes: dict[int, dict | BaseException] = {}  # id(JobReturn) -> its metrics or error
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -115,7 +123,7 @@ class PopulationLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         clock.lap("set-up")
         started = self.prepare(job_overrides, initial_job_idx, clock)
-        returns = self.train([s.ret for s in started])
+        returns = self.train(started)
         clock.lap("train")
         self.record_outcomes(started)
         clock.lap("write")
@@ -132,27 +140,28 @@ class PopulationLauncher(Launcher):
         task = _prepare_job(str(self.config.hydra.sweep.dir))
         log.info(f"Preparing {len(job_overrides)} jobs for the population launcher")
         started = []
-        for i, overrides in enumerate(job_overrides):
-            line = f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}"
-            log.info(line)
-            job = starter.start(list(overrides), initial_job_idx + i, task)
-            starter.remember(job, log, line)
-            started.append(job)
+        try:
+            for i, overrides in enumerate(job_overrides):
+                line = f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}"
+                log.info(line)
+                job = starter.start(list(overrides), initial_job_idx + i, task)
+                starter.remember(job, log, line)
+                started.append(job)
+                refuse_if_in_use(job.ret)
+        except BaseException:  # Ctrl-C or a refusal while preparing: no prepared job keeps its lock
+            release_prepared([job.ret for job in started])
+            raise
         clock.lap("prepare")
         return started
 
-    def train(self, returns: list[JobReturn]) -> list[JobReturn]:
-        """Phase 2: the prepared jobs trained as populations; each return holds its test accuracy or error."""
-        prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED]
+    def train(self, started: list) -> list[JobReturn]:
+        """Phase 2: the prepared jobs trained as populations; each return holds its test accuracy (None
+        for a failed job: its outcome goes to the sweep's summary, :mod:`initopt.sweep.summary`)."""
+        prepared = [s.ret.return_value for s in started if s.ret.status == JobStatus.COMPLETED]
         outcomes = self.train_jobs(prepared)
-        for ret in returns:
-            if ret.status == JobStatus.COMPLETED:
-                outcome = outcomes[id(ret.return_value)]
-                if isinstance(outcome, BaseException):
-                    ret.status, ret.return_value = JobStatus.FAILED, outcome
-                else:
-                    ret.return_value = self.objective(outcome)
-        return returns
+        for job in started:
+            self.outcomes[id(job.ret)] = finish_return(job, outcomes, self.objective)
+        return [job.ret for job in started]
 
     def train_jobs(self, prepared: list) -> dict:
         """``id(job) -> metrics | exception`` for the prepared jobs (the sharded launcher trains them elsewhere)."""
@@ -170,8 +179,60 @@ class PopulationLauncher(Launcher):
     def record_outcomes(self, started) -> None:
         """Each job's outcome line in its own train.log (after its launch line)."""
         for job in started:
-            self.starter.remember(job, log, _outcome_line(job.ret))
+            self.starter.remember(job, log, _outcome_line(self.outcomes.get(id(job.ret)), self.objective))
             self.starter.close(job)
+
+
+def refuse_if_in_use(ret: JobReturn) -> None:
+    """Another live process works in this job's directory (a second sweep into one directory):
+    the sweep stops in one line, exit 2, before any job trains."""
+    from initopt.checks import user_error_line
+    from initopt.rundir import DirectoryInUse
+    from initopt.sweep.summary import EXIT_USAGE
+
+    if ret.status == JobStatus.FAILED and isinstance(failure_of(ret), DirectoryInUse):
+        print(f"initopt.train: error: {user_error_line(failure_of(ret))}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def failure_of(ret: JobReturn) -> BaseException:
+    """The exception a failed job's task raised (Hydra re-raises it on ``return_value``)."""
+    try:
+        _ = ret.return_value
+    except Exception as err:
+        return err
+    raise AssertionError("the job did not fail")
+
+
+def release_prepared(returns: list[JobReturn]) -> None:
+    """The prepared jobs' locks, and any taken by a job whose preparation was cut short."""
+    from initopt.rundir import release_held_locks
+
+    for ret in returns:
+        if ret.status == JobStatus.COMPLETED:
+            ret.return_value.release()
+    release_held_locks()
+
+
+def finish_return(started, outcomes: dict, objective) -> dict | BaseException:
+    """A started job's (:class:`initopt.jobstart.Started`) outcome, returned and recorded in the
+    sweep's summary (a failed job: one line and its metrics.json); the return marked completed with
+    ``objective(metrics)`` (None for a failed job) so that Hydra does not re-raise it (the
+    summary's exit code says it)."""
+    from initopt.checks import user_error_line
+    from initopt.sweep import outputs, summary
+
+    ret, output_dir = started.ret, started.output_dir
+    if ret.status == JobStatus.COMPLETED:
+        outcome = outcomes[id(ret.return_value)]
+    else:  # refused while preparing (its checks, its directory, its checkpoint)
+        outcome = failure_of(ret)
+        outputs.record_failure(output_dir, outcome)
+        print(f"[{started.name or output_dir}] failed: {user_error_line(outcome)}", file=sys.stderr)
+    summary.record(output_dir, outcome)
+    ret.status = JobStatus.COMPLETED
+    ret.return_value = None if isinstance(outcome, BaseException) else objective(outcome)
+    return outcome
 
 
 @dataclass

@@ -3,7 +3,8 @@
 A checkpoint holds member states (:meth:`initopt.engine.Training.member_state`), each complete
 on its own: parameters, the full optimizer state of its family, its step, ``diverged_step``
 (None while it trains), wall time, evaluation history and sampler (generator, order,
-position); beside them torch's CPU RNG state and the fingerprints of the members' configs. So
+position); beside them torch's CPU RNG state, the fingerprints of the members' configs and (optional, so a
+mismatch can name the keys that differ) the configs themselves. So
 a member checkpointed in one population resumes alone, in a population of another size or
 composition, or under another launcher. It is written to a temp file and renamed (a reader
 never sees half a file) and loads with ``torch.load(weights_only=True)``.
@@ -29,20 +30,27 @@ from initopt.config import ConfigError, load_error_cause
 FORMAT = 3
 
 
-def save(path: Path, fingerprints: list[str], training, members: list[int]) -> None:
-    """The given members' states (one file per run directory: usually one member)."""
+def save(path: Path, fingerprints: list[str], training, members: list[int],
+         configs: list[dict] | None = None) -> None:
+    """The given members' states (one file per run directory: usually one member). ``configs``
+    (plain data, what each fingerprint hashes) let a mismatch name the keys that differ."""
     payload = {
         "format": FORMAT,
         "fingerprints": fingerprints,
+        "configs": configs or [],
         "members": [training.member_state(k) for k in members],
         "torch_rng": torch.get_rng_state(),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: no partial file left; the previous checkpoint stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def load(path: Path, fingerprints: list[str]) -> dict:
+def load(path: Path, fingerprints: list[str], configs: list[dict] | None = None) -> dict:
     """The checkpoint's contents, on the CPU whatever device wrote it (:func:`restore` moves the
     tensors that belong on the run's device); a one-line :class:`ConfigError` if it is corrupt,
     of an older format or another run's."""
@@ -61,9 +69,29 @@ def load(path: Path, fingerprints: list[str]) -> dict:
         raise ConfigError("checkpoint", str(path), "not an initopt checkpoint of this version; "
                           "delete it to start over")
     if payload.get("fingerprints") != fingerprints:
-        raise ConfigError("checkpoint", str(path), "was written by a run with another config; "
+        differ = differences(payload.get("configs") or [], configs or [])
+        raise ConfigError("checkpoint", str(path), f"was written by a run with another config{differ}; "
                           "resume with the same overrides or choose a new directory")
     return payload
+
+
+def differences(saved: list[dict], current: list[dict], shown: int = 3) -> str:
+    """`` (steps: 30 there, 40 here)``: the dotted keys whose values differ between the configs
+    a checkpoint was written with and the run's; empty when the checkpoint did not store them."""
+    if not saved or len(saved) != len(current):
+        return ""
+    there, here = flatten(saved[0]), flatten(current[0])
+    keys = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+    parts = [f"{k}: {there.get(k, 'unset')} there, {here.get(k, 'unset')} here" for k in keys[:shown]]
+    more = f", {len(keys) - shown} more" if len(keys) > shown else ""
+    return f" ({'; '.join(parts)}{more})" if parts else ""
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
 
 
 def start_step(payload: dict) -> int:

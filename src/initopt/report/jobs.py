@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from initopt.rundir import CHECKPOINT, LOCK, METRICS, RunLock  # the run directory's one owner
+from initopt.rundir import CHECKPOINT, LOCK, METRICS, SAME_RUN_AS, RunLock  # the run directory's one owner
 
 MARKERS = (".hydra", METRICS, CHECKPOINT, LOCK)
 FINAL_STATUSES = ("ok", "diverged", "failed")
@@ -117,8 +117,28 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     found = {p.parent for marker in MARKERS for p in sweep_dir.rglob(marker)
              if ".submitit" not in p.parts}
     outermost = [d for d in found if not any(o != d and o in d.parents for o in found)]
-    jobs = [classify(d) for d in outermost]
-    return sorted(jobs, key=lambda j: (j.number, str(j.path)))
+    jobs = sorted((classify(d) for d in outermost), key=lambda j: (j.number, str(j.path)))
+    return one_per_config(jobs)
+
+
+def one_per_config(jobs: list[Job]) -> list[Job]:
+    """Each config's finished run once: a job found finished under another directory name
+    (``metrics.json``'s ``same_run_as``, see :func:`initopt.sweep.plan.point_to_twin`) is left out
+    for the run it names; of finished runs with the same config fingerprint the first in the sweep's
+    order is kept."""
+    kept, seen = [], set()
+    for job in jobs:
+        fp = job.metrics.get("fingerprint") if job.state == "finished" else None
+        if job.state == "finished" and job.metrics.get(SAME_RUN_AS):
+            twin = Path(job.metrics[SAME_RUN_AS])
+            if any(j.path.resolve() == twin.resolve() for j in jobs):
+                continue  # the run it names is in this report
+        if fp and job.metrics.get("status") in ("ok", "diverged"):
+            if fp in seen:
+                continue
+            seen.add(fp)
+        kept.append(job)
+    return kept
 
 
 def expected_jobs(sweep_dir: Path) -> int | None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import math
 import shutil
 import traceback
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from initopt import engine, rundir
@@ -37,32 +36,49 @@ def choices(cfg: DictConfig, group_choices: dict | None = None) -> dict[str, str
 def finish_members(run: GroupRun) -> None:
     """Each trained member's run directory: divergence mark, HParams, final.pt, metrics.json;
     then the group's mean runs."""
-    group, result, pop = run.group, run.result, run.training.population
-    for i, (member, owner) in enumerate(zip(group.members, group.owners)):
-        logger = run.logs.loggers[i]
-        if result.diverged[i] is not None:
-            logger.write_divergence(result.diverged[i])
-        logger.finish(result.steps_done)
-        torch.save(pop.member_state_dict(i), member.dir / rundir.FINAL)
-        plan = owner.plan
-        metrics = {
-            "status": result.status(i), "diverged_step": result.diverged[i], "steps": member.cfg.steps,
-            "steps_done": result.steps_done if result.diverged[i] is None else result.diverged[i],
-            "wall_time_s": result.wall_time_s, "steps_per_s": result.steps_per_s(), "final": result.final(i),
-            "choices": choices(member.cfg, plan.group_choices),
-            "hparams": plan.sessions["seeds" if plan.replicated else "run"].hparams,
-            "run_name": member.name, "device": str(pop.device),
-            "n_parameters": sum(t[0].numel() for t in pop.tensors()), "parameters": pop.names,
-            "fingerprint": member.fingerprint, "population": group_note(group, i),
-            "history": [{"step": s, **m} for s, m in result.histories[i]],
-        }
-        rundir.write_metrics(member.dir, metrics)
-        (member.dir / rundir.CHECKPOINT).unlink(missing_ok=True)
-        owner.results[member] = metrics
+    group = run.group
+    for i, owner in enumerate(group.owners):
+        try:
+            if owner.error is None:  # else an earlier member's write failed: the job has failed
+                finish_member(run, i)
+                continue
+        except Exception as err:  # a full disk, say: this job fails, the group's other jobs finish
+            owner.error = err
+        with contextlib.suppress(Exception):  # its event file, closed however far it got
+            run.logs.loggers[i].close()
     for aggregate, idx in run.logs.aggregates:
-        if all(result.diverged[i] is not None for i in idx):
-            aggregate.write_divergence(max(result.diverged[i] for i in idx))
-        aggregate.finish(result.steps_done)
+        try:
+            if all(run.result.diverged[i] is not None for i in idx):
+                aggregate.write_divergence(max(run.result.diverged[i] for i in idx))
+            aggregate.finish(run.result.steps_done)
+        except Exception as err:
+            group.owners[idx[0]].error = group.owners[idx[0]].error or err
+
+
+def finish_member(run: GroupRun, i: int) -> None:
+    """Member ``i`` of a trained group: its divergence mark, HParams, final.pt, metrics.json."""
+    group, result, pop = run.group, run.result, run.training.population
+    member, owner = group.members[i], group.owners[i]
+    logger = run.logs.loggers[i]
+    if result.diverged[i] is not None:
+        logger.write_divergence(result.diverged[i])
+    logger.finish(result.steps_done)
+    rundir.write_final(member.dir, pop.member_state_dict(i))
+    plan = owner.plan
+    metrics = {
+        "status": result.status(i), "diverged_step": result.diverged[i], "steps": member.cfg.steps,
+        "steps_done": result.steps_done if result.diverged[i] is None else result.diverged[i],
+        "wall_time_s": result.wall_time_s, "steps_per_s": result.steps_per_s(), "final": result.final(i),
+        "choices": choices(member.cfg, plan.group_choices),
+        "hparams": plan.sessions["seeds" if plan.replicated else "run"].hparams,
+        "run_name": member.name, "device": str(pop.device),
+        "n_parameters": sum(t[0].numel() for t in pop.tensors()), "parameters": pop.names,
+        "fingerprint": member.fingerprint, "population": group_note(group, i),
+        "history": [{"step": s, **m} for s, m in result.histories[i]],
+    }
+    rundir.write_metrics(member.dir, metrics)
+    (member.dir / rundir.CHECKPOINT).unlink(missing_ok=True)
+    owner.results[member] = metrics
 
 
 def group_note(group: TrainingGroup, i: int) -> dict:
@@ -75,8 +91,13 @@ def group_note(group: TrainingGroup, i: int) -> dict:
 def finish_job(job: Job) -> dict:
     """The job's metrics.json (for a replica job, the aggregate over its members); prints one line."""
     plan = job.plan
+    if job.error is not None:  # writing a member's outputs failed (see finish_members)
+        raise job.error
     if plan.finished is not None:
-        print(f"[{plan.label}] already finished ({plan.finished.get('status')}); kept as it is: {plan.output_dir}")
+        twin = plan.finished.get(rundir.SAME_RUN_AS)
+        where = f"in {twin} (the same config under another name; not retrained)" if twin else \
+            f"kept as it is: {plan.output_dir}"
+        print(f"[{plan.label}] already finished ({plan.finished.get('status')}); {where}")
         return plan.finished
     if not plan.replicated:
         metrics = job.metrics_of(plan.members[0])
@@ -156,16 +177,20 @@ def as_user_error(job: Job, err: BaseException) -> BaseException:
     """A full disk becomes one line (what, where, what to do), and the unfinished members' partial
     outputs go, so nothing half-written stays (a member with a checkpoint keeps it and its events:
     rerunning resumes there)."""
-    if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+    full = rundir.disk_full(err)
+    if full is None:
         return err
     for member in job.pending:
+        (member.dir / rundir.FINAL).unlink(missing_ok=True)  # weights without metrics.json: not finished
         if not (member.dir / rundir.CHECKPOINT).exists():
             rundir.clear_stale(member.dir)
     if job.plan.replicated:
         rundir.clear_stale(job.plan.output_dir, keep_replicas=True)
-    where = getattr(err, "filename", None) or job.plan.output_dir
+    where = getattr(full, "filename", None) or job.plan.output_dir
+    cause = getattr(full, "strerror", None) or next((w for w in rundir.DISK_FULL_WORDS if w in str(full)),
+                                                    rundir.DISK_FULL_WORDS[0])
     return ConfigError("hydra.run.dir", str(job.plan.output_dir),
-                       f"the disk is full ({err.strerror} writing {where}); free some space and rerun")
+                       f"the disk is full ({cause} writing {where}); free some space and rerun")
 
 
 def record_failure(output_dir: Path, err: BaseException) -> None:
@@ -173,6 +198,6 @@ def record_failure(output_dir: Path, err: BaseException) -> None:
     if rundir.finished_metrics(output_dir) is None:
         try:
             rundir.write_metrics(output_dir, {"status": "failed", "error": user_error_line(err),
-                                              "traceback": traceback.format_exc()})
+                                              "traceback": "".join(traceback.format_exception(err))})
         except OSError:  # a full disk: the error line on stderr is all there is room for
             pass

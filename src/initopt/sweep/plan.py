@@ -94,6 +94,7 @@ class Job:
     checkpoints: dict[MemberPlan, dict] = field(default_factory=dict)
     results: dict[MemberPlan, dict] = field(default_factory=dict)
     split: bool = False  # its members train in more than one group (see initopt.sweep.grouping)
+    error: BaseException | None = None  # writing its outputs failed (initopt.sweep.outputs)
 
     @property
     def pending(self) -> list[MemberPlan]:
@@ -156,6 +157,10 @@ def plan_job(cfg: DictConfig, output_dir: Path, run_name: str, resume_hint: str,
                           "holds a finished run of another config; choose a new directory (or overwrite=true)")
     if state == "finished" and cfg.resume:
         return replace(plan, finished=rundir.read_metrics(output_dir))
+    if state == "empty" and cfg.resume and not standalone:
+        twin = rundir.finished_twin(output_dir.parent, rundir.fingerprint(cfg), output_dir)
+        if twin is not None:
+            return replace(plan, finished=point_to_twin(output_dir, twin))
     members = []
     for seed in range(cfg.seed, cfg.seed + cfg.replicas):
         member_cfg = OmegaConf.merge(cfg, {"seed": seed, "replicas": 1}) if plan.replicated else cfg
@@ -167,6 +172,16 @@ def plan_job(cfg: DictConfig, output_dir: Path, run_name: str, resume_hint: str,
     return replace(plan, members=tuple(members))
 
 
+def point_to_twin(output_dir: Path, twin: Path) -> dict:
+    """A sweep's job already finished under another directory name (the same config, e.g. before
+    the sweep was widened): not retrained; its ``metrics.json`` is the twin's with ``same_run_as``
+    naming where the run (events, weights) is. The report counts the config once."""
+    metrics = {**rundir.read_metrics(twin), rundir.SAME_RUN_AS: str(twin)}
+    metrics.pop("schema", None)
+    rundir.write_metrics(output_dir, metrics)
+    return metrics
+
+
 def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[MemberPlan, dict]) -> MemberPlan:
     """Where one member starts; a resuming member's checkpoint goes into ``checkpoints``."""
     fp = rundir.fingerprint(cfg)
@@ -176,7 +191,8 @@ def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[
     if state == "finished":
         return MemberPlan(cfg, member_dir, name, fp, Start.FINISHED, stored_metrics=rundir.read_metrics(member_dir))
     if state == "resumable":
-        saved = checkpoint.load(member_dir / rundir.CHECKPOINT, [fp])  # a bad checkpoint fails now, in one line
+        # a bad checkpoint fails now, in one line (a config mismatch names the keys that differ)
+        saved = checkpoint.load(member_dir / rundir.CHECKPOINT, [fp], [rundir.run_config(cfg)])
         member = MemberPlan(cfg, member_dir, name, fp, Start.RESUME, start_step=checkpoint.start_step(saved))
         checkpoints[member] = saved
         return member

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from initopt import engine, rundir
 from initopt.checks import check_runnable, resolve_device, user_error_line
+from initopt.config import ConfigError
 from initopt.data import Dataset, load_dataset
 from initopt.engine import checkpoint
 from initopt.models import build_model, parameter_count
@@ -71,6 +72,40 @@ def replicas_mode(cfg: DictConfig, data: Dataset) -> ReplicasMode:
         probe = build_model(cfg.model, data.n_features, data.n_outputs)
         _MODES[key] = ReplicasMode(engine.forward_mode(cfg.replicas_mode, probe, cfg.batch_size))
     return _MODES[key]
+
+
+def plan_training(job: Job) -> None:
+    """How ``job``'s members train (its data read, :func:`replicas_mode`), and each resuming
+    member's checkpoint checked against the config's model, before any grouping: a bad file fails
+    its own job only."""
+    cfg = job.plan.cfg
+    data = load_data(cfg)
+    job.mode = replicas_mode(cfg, data)
+    expected = {name: (tuple(p.shape), DTYPES[cfg.dtype])
+                for name, p in build_model(cfg.model, data.n_features, data.n_outputs).named_parameters()}
+    for member, saved in job.checkpoints.items():
+        check_checkpoint_tensors(member.dir / rundir.CHECKPOINT, saved, expected)
+
+
+def check_checkpoint_tensors(path, saved: dict, expected: dict[str, tuple[tuple, torch.dtype]]) -> None:
+    """Every member state of a checkpoint (format 3, see :mod:`initopt.engine.checkpoint`): each
+    parameter tensor, and each optimizer state tensor kept per parameter (momentum buffer, Adam
+    moments), has the config's model's shape and dtype; else a one-line error naming the file."""
+    def refuse(what: str):
+        return ConfigError("checkpoint", str(path), f"{what}; it does not fit this config's model "
+                           "(delete it to start over, or resume with the config that wrote it)")
+
+    for member in saved.get("members") or []:
+        params = member.get("params") if isinstance(member, dict) else None
+        if not isinstance(params, dict) or set(params) != set(expected):
+            raise refuse(f"holds tensors {sorted(params or {})}, the model has {sorted(expected)}")
+        per_param = [list(zip(expected, v)) for v in (member.get("optimizer") or {}).values()
+                     if isinstance(v, list) and len(v) == len(expected)]
+        for name, tensor in [*params.items(), *(pair for state in per_param for pair in state)]:
+            shape, dtype = expected[name]
+            if not torch.is_tensor(tensor) or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                got = f"{tuple(tensor.shape)} {tensor.dtype}" if torch.is_tensor(tensor) else type(tensor).__name__
+                raise refuse(f"tensor '{name}' is {got}, the model's is {shape} {dtype}")
 
 
 # -------------------------------------------------------------------------- runtime settings
@@ -164,8 +199,14 @@ def open_sinks(group: TrainingGroup, param_names: list[str], optim: list[tuple[f
 def checkpoint_saver(group: TrainingGroup, training: engine.Training):
     """The engine's checkpoint callback: one checkpoint per member directory."""
     def save(_state) -> None:
-        for i, member in enumerate(group.members):
-            checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training, members=[i])
+        for i, (member, owner) in enumerate(zip(group.members, group.owners)):
+            if owner.error is not None:
+                continue
+            try:
+                checkpoint.save(member.dir / rundir.CHECKPOINT, [member.fingerprint], training, members=[i],
+                                configs=[rundir.run_config(member.cfg)])
+            except Exception as err:  # a full disk: this job fails at the end, the others train on
+                owner.error = err
     return save
 
 
@@ -220,7 +261,7 @@ def set_mode(job: Job, outcomes: dict) -> bool:
     if job.plan.finished is not None or not job.plan.members:
         return True
     try:
-        job.mode = replicas_mode(job.plan.cfg, load_data(job.plan.cfg))
+        plan_training(job)
         return True
     except Exception as err:
         fail([job], err, outcomes)
