@@ -186,6 +186,7 @@ def test_sharded_sweep_equals_the_in_process_launcher_job_by_job(tmp_path):
     assert sorted(log.count("6 members to train in 1 population(s)") for log in logs) == [1, 1]
 
 
+@pytest.mark.slow  # minutes: real submitit subprocesses killed and rerun (pytest -m slow, .ci/run)
 def test_a_killed_shard_fails_its_jobs_others_finish_and_the_rerun_completes_equal(tmp_path, reference):
     launcher = start_sweep(tmp_path, "s", *SHARDED, *LONG)
     with ended_at_exit(launcher) as started:
@@ -216,6 +217,7 @@ def test_a_killed_shard_fails_its_jobs_others_finish_and_the_rerun_completes_equ
     assert_same_jobs(tmp_path / "s", reference)
 
 
+@pytest.mark.slow  # minutes: real submitit subprocesses killed and rerun (pytest -m slow, .ci/run)
 def test_a_sigtermed_shard_checkpoints_is_requeued_and_resumes_bitwise(tmp_path, reference):
     launcher = start_sweep(tmp_path, "s", *SHARDED, *LONG)
     with ended_at_exit(launcher) as started:
