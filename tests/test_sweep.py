@@ -44,7 +44,8 @@ def test_every_job_logs_a_grad_norm_per_parameter_tensor_every_step(sweep_dir):
         for tag in ("grad_summary/mean_norm", "grad_summary/global_norm", "loss/batch",
                     "loss/train", "loss/test", "accuracy/train", "accuracy/test"):
             assert tag in tags, (job.name, tag)
-        assert [e.step for e in tags["loss/test"]] == [0, 10, 20, 30]  # step 0: at initialization
+        # step 0: at initialization; 1, 2, 5: the log-spaced early evaluations below eval_every=10
+        assert [e.step for e in tags["loss/test"]] == [0, 1, 2, 5, 10, 20, 30]
 
 
 def test_mean_and_global_norm_are_derived_from_the_per_tensor_norms(sweep_dir):
