@@ -68,7 +68,8 @@ def test_overwrite_never_moves_a_directory_a_live_process_holds(tmp_path):
     for seed in (0, 1):
         (sweep / f"seed={seed}").mkdir(parents=True)
         rundir.write_metrics(sweep / f"seed={seed}", {"status": "ok"})
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a live process, not us
+    # a live process, not us: it lives until its stdin closes (no fixed time)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         (sweep / "seed=1" / rundir.LOCK).write_text(f"{holder.pid} {socket.gethostname()}")
         held = f"{sweep / 'seed=1' / rundir.LOCK} is held by process {holder.pid} on {socket.gethostname()}"
