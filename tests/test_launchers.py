@@ -11,7 +11,8 @@ from conftest import read_metrics, run_cli
 GRID = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam"]
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "population"])
+@pytest.mark.parametrize("launcher", [pytest.param("joblib", marks=pytest.mark.slow),  # third-party: -m slow
+                                      pytest.param("submitit_local", marks=pytest.mark.slow), "population"])
 def test_the_homework_grid_runs_through_the_launcher(tmp_path, launcher):
     proc = run_cli("-m", f"+launcher={launcher}", *GRID, "steps=20", "model.hidden=[8]",
                    "hydra.sweep.dir=grid", cwd=tmp_path, timeout=600)
@@ -155,7 +156,7 @@ def _name_runs(loader, master) -> None:
     name_runs_by_swept_keys(master, sweep_overrides(loader, master))
 
 
-@pytest.mark.parametrize("subdir", [[], ["hydra.sweep.subdir=job${hydra.job.num}"]],
+@pytest.mark.parametrize("subdir", [[], pytest.param(["hydra.sweep.subdir=job${hydra.job.num}"], marks=pytest.mark.slow)],
                          ids=["run names (the fast way)", "another subdir (the general way)"])
 def test_the_launchers_hydra_files_are_byte_equal_to_run_jobs(tmp_path, monkeypatch, subdir):
     from initopt.compose import JOBS, sweep_jobs

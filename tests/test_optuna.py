@@ -21,6 +21,7 @@ def test_a_diverged_job_has_no_objective_so_a_sweeper_records_a_failed_trial():
     assert PopulationLauncher.objective({"final": {"test_accuracy": None}}) is None  # diverged, read back
 
 
+@pytest.mark.slow  # a third-party sweeper end to end (pytest -m slow, run by .ci/run)
 def test_each_batch_of_trials_trains_as_one_population_and_returns_its_objective(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra: pip install -e '.[optuna]'")
     proc = run_cli("-m", "+experiment=tune_lr", "optim=momentum", *TINY, "hydra.sweeper.n_trials=4",

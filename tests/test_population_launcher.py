@@ -33,7 +33,7 @@ def sweep_both_ways(tmp_path, *grid: str):
 
 @pytest.mark.parametrize("grid", [
     ["init=xavier,he", "optim=sgd,momentum", "optim.lr=0.05,0.2", "seed=0,1"],
-    ["init=zero,he", "optim=adam", "optim.lr=0.003,0.03", "seed=0,3"],
+    pytest.param(["init=zero,he", "optim=adam", "optim.lr=0.003,0.03", "seed=0,3"], marks=pytest.mark.slow),
 ], ids=["sgd family", "adam"])
 def test_each_job_equals_its_separate_run_and_has_the_same_files(tmp_path, grid):
     pop, basic = sweep_both_ways(tmp_path, *grid)
@@ -88,6 +88,7 @@ def test_a_population_over_the_member_budget_is_split_and_says_so(tmp_path):
     assert all(read_metrics(r)["status"] == "ok" for r in job_dirs(tmp_path / "s").values())
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_sigint_checkpoints_every_member_and_a_rerun_resumes_to_the_same_weights(tmp_path):
     grid = ["-m", "+launcher=population", "init=xavier,he", "seed=0,1", "model.hidden=[8]", "steps=4000",
             "eval_every=1000", "flush_every=50", "checkpoint_every=50"]

@@ -46,9 +46,9 @@ def sweep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """The homework grid in miniature: init x optim, one seed, a few steps."""
+    """The homework grid in miniature: init x optim, one seed, a few steps (one population)."""
     tmp = tmp_path_factory.mktemp("grid")
-    proc = run_cli("-m", "init=he,zero,normal", "optim=adam,sgd,momentum", "model.hidden=[8,8]", "steps=12",
+    proc = run_cli("-m", "+launcher=population", "init=he,zero,normal", "optim=adam,sgd,momentum", "model.hidden=[8,8]", "steps=12",
                    "eval_every=6", "act_every=4", "hydra.sweep.dir=sw", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load(tmp / "sw")

@@ -61,6 +61,7 @@ def uninterrupted(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_sigint_saves_a_checkpoint_and_resuming_ends_bitwise_identical(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = start([*RUN, "steps=8000", "hydra.run.dir=run"], tmp_path)
@@ -87,6 +88,7 @@ def test_sigint_saves_a_checkpoint_and_resuming_ends_bitwise_identical(tmp_path,
     assert values == [e.value for e in scalar_tags(uninterrupted)["loss/batch"]]
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_a_hard_kill_resumes_from_the_periodic_checkpoint(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = start([*RUN, "steps=8000", "checkpoint_every=300", "hydra.run.dir=run"], tmp_path)
@@ -101,6 +103,7 @@ def test_a_hard_kill_resumes_from_the_periodic_checkpoint(tmp_path, uninterrupte
     assert steps == list(range(1, 8001))  # TensorBoard purges what the killed run wrote twice
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
     args = ["-m", "seed=0,1,2", *RUN, "steps=3000", "hydra.sweep.dir=sw"]
     proc = start(args, tmp_path)

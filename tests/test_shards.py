@@ -170,6 +170,7 @@ def test_packing_keeps_each_job_in_one_shard_and_balances_member_steps(tmp_path)
         j.release()
 
 
+@pytest.mark.slow  # real submitit subprocesses (pytest -m slow, run by .ci/run)
 def test_sharded_sweep_equals_the_in_process_launcher_job_by_job(tmp_path):
     sweep(tmp_path, "ref", "+launcher=population", *QUICK)
     proc = sweep(tmp_path, "sharded", *SHARDED, *QUICK)

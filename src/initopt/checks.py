@@ -236,8 +236,9 @@ def compose_master(argv_overrides: list[str], multirun: bool, config_name: str =
     from initopt import hydra_compat
 
     version.setbase(VERSION_BASE)
-    if JobRuntime.instance().conf.get("name") in (None, "UNKNOWN_NAME"):
-        JobRuntime.instance().set("name", TASK_NAME)
+    # Always initopt.train's name: Hydra's compose API (``initialize_config_module``) leaves "app"
+    # in this process-wide singleton, and the .hydra/ files written later would carry it.
+    JobRuntime.instance().set("name", TASK_NAME)
     overrides = list(argv_overrides)
     if not any(o.startswith("hydra.mode=") for o in overrides):
         overrides.append(f"hydra.mode={'MULTIRUN' if multirun else 'RUN'}")

@@ -130,7 +130,9 @@ def runtime_settings(cfg: DictConfig, members: int, n_weights: int) -> Iterator[
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        # Only when changed: the call imports torch._inductor (seconds) even to set False.
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 # ---------------------------------------------------------------------------- one group
