@@ -103,6 +103,11 @@ SWEEP_BAD_INPUTS = [
     (["+launcher=population", "hydra.launcher.member_budget=abc"], ["hydra.launcher.member_budget", "abc"]),
     (["+launcher=population", "hydra.launcher.member_budget=1.5"], ["hydra.launcher.member_budget", "1.5"]),
     (["+experiment=dlai_init", "optim.lr=0.1,-1"], ["optim.lr=-1.0", "> 0"]),  # its own sweep expanded too
+    (["+launcher=population_local", "hydra.launcher.shards=0"], ["hydra.launcher.shards=0", "integer >= 1"]),
+    (["+launcher=population_local", "hydra.launcher.shards=two"], ["hydra.launcher.shards", "two"]),
+    (["+launcher=population_slurm", "hydra.launcher.cluster=pbs"], ["hydra.launcher.cluster='pbs'", "local, slurm"]),
+    (["+launcher=population_slurm", "hydra.launcher.timeout_min=0"], ["hydra.launcher.timeout_min=0", ">= 1"]),
+    (["+launcher=population_local", "hydra.launcher.max_num_timeout=-1"], ["max_num_timeout=-1", ">= 0"]),
 ]
 
 

@@ -156,7 +156,8 @@ def _name_runs(loader, master) -> None:
     name_runs_by_swept_keys(master, sweep_overrides(loader, master))
 
 
-@pytest.mark.parametrize("subdir", [[], pytest.param(["hydra.sweep.subdir=job${hydra.job.num}"], marks=pytest.mark.slow)],
+@pytest.mark.parametrize("subdir", [[], pytest.param(["hydra.sweep.subdir=job${hydra.job.num}"],
+                                                     marks=pytest.mark.slow)],
                          ids=["run names (the fast way)", "another subdir (the general way)"])
 def test_the_launchers_hydra_files_are_byte_equal_to_run_jobs(tmp_path, monkeypatch, subdir):
     from initopt.compose import JOBS, sweep_jobs

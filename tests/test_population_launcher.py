@@ -32,12 +32,12 @@ def sweep_both_ways(tmp_path, *grid: str):
 
 
 @pytest.mark.parametrize("grid", [
-    ["init=xavier,he", "optim=sgd,momentum", "optim.lr=0.05,0.2", "seed=0,1"],
+    ["init=he", "optim=sgd,momentum", "optim.lr=0.05,0.2", "seed=0,1"],
     pytest.param(["init=zero,he", "optim=adam", "optim.lr=0.003,0.03", "seed=0,3"], marks=pytest.mark.slow),
 ], ids=["sgd family", "adam"])
 def test_each_job_equals_its_separate_run_and_has_the_same_files(tmp_path, grid):
     pop, basic = sweep_both_ways(tmp_path, *grid)
-    assert pop.keys() == basic.keys() and len(pop) == (16 if "sgd" in grid[1] else 8)
+    assert pop.keys() == basic.keys() and len(pop) == 8
     for name, run in pop.items():
         assert sorted(p.name for p in run.iterdir() if not p.name.startswith("events")) == \
             sorted(p.name for p in basic[name].iterdir() if not p.name.startswith("events"))

@@ -35,8 +35,8 @@ from initopt.report.tables import markdown_table, summarize, write_csv
 def sweep(tmp_path_factory):
     """init and lr given against the config order (he before zero, 0.2 before 0.05), two seeds."""
     tmp = tmp_path_factory.mktemp("report")
-    proc = run_cli("-m", "init=he,zero", "optim.lr=0.2,0.05", "seed=0,1", "optim=sgd", "model.hidden=[8,8]",
-                   "steps=60", "eval_every=20", "act_every=10", "hydra.sweep.dir=sw", cwd=tmp)
+    proc = run_cli("-m", "+launcher=population", "init=he,zero", "optim.lr=0.2,0.05", "seed=0,1", "optim=sgd",
+                   "model.hidden=[8,8]", "steps=60", "eval_every=20", "act_every=10", "hydra.sweep.dir=sw", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli(str(tmp / "sw"), "--out", str(tmp / "rep"), "--target-accuracy", "0.6",
                    module="initopt.report", cwd=tmp)
@@ -48,8 +48,8 @@ def sweep(tmp_path_factory):
 def grid(tmp_path_factory):
     """The homework grid in miniature: init x optim, one seed, a few steps (one population)."""
     tmp = tmp_path_factory.mktemp("grid")
-    proc = run_cli("-m", "+launcher=population", "init=he,zero,normal", "optim=adam,sgd,momentum", "model.hidden=[8,8]", "steps=12",
-                   "eval_every=6", "act_every=4", "hydra.sweep.dir=sw", cwd=tmp)
+    proc = run_cli("-m", "+launcher=population", "init=he,zero,normal", "optim=adam,sgd,momentum",
+                   "model.hidden=[8,8]", "steps=12", "eval_every=6", "act_every=4", "hydra.sweep.dir=sw", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load(tmp / "sw")
 

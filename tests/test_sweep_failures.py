@@ -72,6 +72,7 @@ def test_a_job_failing_at_run_time_ends_the_sweep_in_one_summary_line_and_exit_3
     assert all(read_metrics(tmp_path / f"sw/seed={s}")["status"] == "ok" for s in (0, 2))
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_a_second_sweep_into_a_running_sweeps_directory_gets_one_line_and_exit_2(tmp_path):
     grid = ["-m", "init=xavier,he", *LONG, "hydra.sweep.dir=sw"]
     first = subprocess.Popen([sys.executable, "-m", "initopt.train", *grid, "+launcher=population"], cwd=tmp_path,

@@ -215,15 +215,30 @@ def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> 
             checkpoint.load(path / rundir.CHECKPOINT, [fp], [rundir.run_config(cfg)])
 
 
-def check_member_budget(master: DictConfig) -> None:
-    """``hydra.launcher.member_budget`` (population launchers): an integer >= 0, 0 = no budget."""
+# the population launchers' own options: key -> (lowest allowed integer, what it is)
+LAUNCHER_INTEGERS = {
+    "member_budget": (0, "the most members trained at once (0 = no budget)"),
+    "shards": (1, "the processes or SLURM jobs the sweep is spread over"),
+    "timeout_min": (1, "minutes a shard may run before it checkpoints and is requeued"),
+    "max_num_timeout": (0, "requeues after a time limit before a shard gives up"),
+}
+CLUSTERS = ("local", "slurm")
+
+
+def check_launcher_options(master: DictConfig) -> None:
+    """The population launchers' options, before any job: ``member_budget`` an integer >= 0
+    (0 = no budget); the sharded launcher's ``shards`` >= 1, ``timeout_min`` >= 1,
+    ``max_num_timeout`` >= 0 and ``cluster`` one of :data:`CLUSTERS`."""
     launcher = master.hydra.get("launcher") or {}
-    if "member_budget" not in launcher:
-        return
-    budget = launcher.member_budget
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-        raise ConfigError("hydra.launcher.member_budget", budget,
-                          "an integer >= 0: the most members trained at once (0 = no budget)")
+    for key, (lowest, meaning) in LAUNCHER_INTEGERS.items():
+        if key not in launcher or (key != "member_budget" and "cluster" not in launcher):
+            continue
+        value = launcher[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ConfigError(f"hydra.launcher.{key}", value, f"an integer >= {lowest}: {meaning}")
+    if "cluster" in launcher and "shards" in launcher and launcher.cluster not in CLUSTERS:
+        raise ConfigError("hydra.launcher.cluster", launcher.cluster,
+                          f"one of {', '.join(CLUSTERS)} (processes on this machine, or SLURM jobs)")
 
 
 def compose_master(argv_overrides: list[str], multirun: bool, config_name: str = "train"):
@@ -253,7 +268,7 @@ def job_configs(argv_overrides: list[str], multirun: bool, config_name: str = "t
     from initopt.compose import JOBS, sweep_jobs, task_part
 
     loader, master = compose_master(argv_overrides, multirun, config_name)
-    check_member_budget(master)
+    check_launcher_options(master)
     if not multirun:
         yield task_part(master)
         return

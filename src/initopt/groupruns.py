@@ -22,7 +22,6 @@ scale for the whole sweep: the smallest and largest positive gradient norm of an
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -56,6 +55,7 @@ from initopt.tb import (
     session_start_summary,
     write_experiment,
 )
+from initopt.tbread import Series, read_run_events
 
 GROUPS_DIR = "groups"
 HEATMAP_SUFFIX = ".heatmap"  # the end of the event file holding a sweep run's heat map
@@ -64,21 +64,12 @@ SEED_ITEM = re.compile(r"(^|,)seed=-?\d+(?=,|$)")
 
 # ---------------------------------------------------------------------------- reading runs
 @dataclass
-class Series:
-    """One scalar tag of one run: steps, wall times, values."""
-
-    steps: np.ndarray
-    walltimes: np.ndarray
-    values: np.ndarray
-
-
-@dataclass
 class RunData:
-    """What a run directory holds, read with TensorBoard's ``EventAccumulator`` (which drops the
+    """What a run directory holds, read as TensorBoard's ``EventAccumulator`` reads it (which drops the
     events a resumed run superseded, as TensorBoard itself does)."""
 
     scalars: dict[str, Series]
-    histograms: dict[str, list]  # tag -> TensorEvents
+    histograms: dict[str, list]  # tag -> TensorEvent (step, tensor_proto)
 
     def grad_norms(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, norms (n, P))`` of ``grad_norm/<name>`` (steps every tensor has)."""
@@ -92,24 +83,10 @@ class RunData:
 
 
 def read_run(run_dir: Path) -> RunData:
-    """Read with TensorBoard's ``EventAccumulator`` (its scalar reader: ~4x faster than the plugin
-    accumulator, which first converts every scalar to a tensor)."""
-    from tensorboard.backend.event_processing import event_accumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per file read
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    scalars = {}
-    for tag in acc.Tags()["scalars"]:
-        events = acc.Scalars(tag)
-        scalars[tag] = Series(np.fromiter((e.step for e in events), np.int64, len(events)),
-                              np.fromiter((e.wall_time for e in events), float, len(events)),
-                              np.fromiter((e.value for e in events), float, len(events)))
-    try:
-        hist_tags = list(acc.PluginTagToContent("histograms"))
-    except KeyError:  # no histograms in this run
-        hist_tags = []
-    return RunData(scalars, {tag: acc.Tensors(tag) for tag in hist_tags})
+    """Read as TensorBoard reads it (:func:`initopt.tbread.read_run_events`: the same series
+    as its ``EventAccumulator``, ~50x faster)."""
+    events = read_run_events(run_dir)
+    return RunData(events.scalars, events.histograms)
 
 
 # --------------------------------------------------------------------------- the sweep's runs
