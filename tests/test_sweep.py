@@ -128,3 +128,12 @@ def test_single_run_writes_under_its_hydra_output_dir_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no ./runs, nothing stray
     assert (tmp_path / "out/one/metrics.json").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "out/one").iterdir())
+
+
+def test_a_runs_line_names_its_test_loss_where_there_is_no_accuracy():
+    from initopt.sweep.outputs import fmt, headline_key
+
+    assert headline_key({"test_accuracy": 0.86, "test_loss": 0.3}) == "test_accuracy"
+    assert headline_key({"test_accuracy": float("nan"), "test_loss": 2.5e-6}) == "test_loss"  # data=lstsq
+    assert headline_key({"test_accuracy": None, "test_loss": 0.1}) == "test_loss"
+    assert fmt(2.5e-6) == "2.5e-06" and fmt(0.8640) == "0.8640" and fmt(float("inf")) == "nan"

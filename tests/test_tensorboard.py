@@ -326,6 +326,26 @@ def test_the_board_command_prints_views_that_tick_the_group_runs(sweep):
     assert seeds and not any(r.startswith("groups/") for r in seeds)
 
 
+def test_groups_only_points_tensorboard_at_the_group_runs_and_its_views_tick_them(sweep, capsys):
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from tensorboard import context
+
+    from initopt.board import main
+
+    assert main([str(sweep), "--dry-run", "--groups-only"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"--logdir {sweep / 'groups'} " in lines[0]
+    ctx = plugin_context(sweep / "groups")
+    runs = set(ctx.data_provider.list_scalars(context.RequestContext(), experiment_id="", plugin_name="scalars"))
+    assert runs == {p.name for p in (sweep / "groups").iterdir() if p.is_dir()}
+    for url in (line.strip() for line in lines if line.strip().startswith("http://")):
+        parts = urlsplit(url)
+        legacy = dict(p.split("=", 1) for p in parts.fragment.split("&")[1:])
+        pattern = unquote(legacy.get("regexInput", "")) or parse_qs(parts.query).get("runFilter", [""])[0]
+        assert {r for r in runs if re.search(pattern, r)}, url  # no view opens empty
+
+
 def test_the_board_command_refuses_a_missing_directory(tmp_path):
     proc = run_cli(str(tmp_path / "nope"), "--dry-run", cwd=tmp_path, module="initopt.board")
     assert proc.returncode == 2 and "sweep_dir=" in proc.stderr and "no such directory" in proc.stderr

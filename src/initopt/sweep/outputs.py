@@ -107,19 +107,27 @@ def finish_job(job: Job) -> dict:
     if job.split:
         write_mean_run_of_evaluations(job)
     rundir.write_metrics(plan.output_dir, metrics)
-    print(f"[{plan.label}] {len(plan.members)} replicas ({job.mode.value}): test accuracy "
-          f"{fmt(metrics['final']['test_accuracy'])} ± {fmt(metrics['final_std']['test_accuracy'])} "
-          f"-> {plan.output_dir}")
+    key = headline_key(metrics["final"])
+    print(f"[{plan.label}] {len(plan.members)} replicas ({job.mode.value}): {key.replace('_', ' ')} "
+          f"{fmt(metrics['final'][key])} ± {fmt(metrics['final_std'][key])} -> {plan.output_dir}")
     return metrics
 
 
 def fmt(x: float) -> str:
-    return "nan" if x is None or not math.isfinite(x) else f"{x:.4f}"
+    return "nan" if x is None or not math.isfinite(x) else f"{x:.4g}" if abs(x) < 1e-3 and x else f"{x:.4f}"
+
+
+def headline_key(final: dict) -> str:
+    """What a finished run's line reports: its test accuracy, or for a regression (no accuracy,
+    e.g. ``data=lstsq``) its test loss."""
+    accuracy = final.get("test_accuracy")
+    return "test_accuracy" if accuracy is not None and math.isfinite(accuracy) else "test_loss"
 
 
 def print_single(job: Job, metrics: dict) -> None:
     status = metrics["status"] if metrics["diverged_step"] is None else f"diverged at step {metrics['diverged_step']}"
-    print(f"[{job.plan.label}] {status}: test accuracy {fmt(metrics['final']['test_accuracy'])} "
+    key = headline_key(metrics["final"])
+    print(f"[{job.plan.label}] {status}: {key.replace('_', ' ')} {fmt(metrics['final'][key])} "
           f"({metrics['steps_per_s']:.0f} steps/s) -> {job.plan.output_dir}")
 
 
