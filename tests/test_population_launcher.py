@@ -119,11 +119,3 @@ def test_sigint_checkpoints_every_member_and_a_rerun_resumes_to_the_same_weights
     assert again.returncode == 0 and again.stdout.count("already finished") == 4
 
 
-def test_the_report_reads_the_launchers_output(tmp_path):
-    proc = run_cli("-m", "+launcher=population", "init=zero,he", "seed=0,1", *SMALL, "hydra.sweep.dir=s",
-                   cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = run_cli(str(tmp_path / "s"), module="initopt.report", cwd=tmp_path)
-    assert report.returncode == 0, report.stderr[-2000:]
-    table = (tmp_path / "s/report/summary.md").read_text()
-    assert table.count("2/2 ok") == 2

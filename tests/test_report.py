@@ -33,7 +33,8 @@ from initopt.report.tables import markdown_table, summarize, write_csv
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """init and lr given against the config order (he before zero, 0.2 before 0.05), two seeds."""
+    """init and lr given against the config order (he before zero, 0.2 before 0.05), two seeds;
+    trained by the population launcher (the report reads its output)."""
     tmp = tmp_path_factory.mktemp("report")
     proc = run_cli("-m", "+launcher=population", "init=he,zero", "optim.lr=0.2,0.05", "seed=0,1", "optim=sgd",
                    "model.hidden=[8,8]", "steps=60", "eval_every=20", "act_every=10", "hydra.sweep.dir=sw", cwd=tmp)

@@ -228,7 +228,8 @@ def resume_line(stderr: str) -> str:
     return lines[[i for i, line in enumerate(lines) if line.endswith("Resume with:")][-1] + 1].strip()
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if "sweep" in c else []) for c in CASES])
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
+@pytest.mark.parametrize("case", CASES)
 def test_the_printed_resume_line_runs_verbatim_in_a_shell(tmp_path, case):
     """Interrupted once a checkpoint exists, the run is resumed by the printed line pasted into
     bash as it is: the user's own values (a space and a quote in one) survive, the directory

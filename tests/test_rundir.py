@@ -104,6 +104,7 @@ def test_resume_false_into_another_run_is_refused_and_overwrite_moves_it_aside(t
     assert len(list((tmp_path / "run").glob("events.out.tfevents*"))) == 1
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_a_rerun_after_a_crash_without_checkpoint_starts_a_clean_tensorboard_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "initopt.train", *RUN[:1], "steps=100000", "flush_every=10",
                              "hydra.run.dir=run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

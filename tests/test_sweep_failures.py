@@ -96,6 +96,7 @@ def test_a_second_sweep_into_a_running_sweeps_directory_gets_one_line_and_exit_2
 
 
 # ------------------------------------------------------------------------------ Ctrl-C
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run)
 def test_ctrl_c_while_the_population_launcher_prepares_jobs_exits_130_and_leaves_no_lock(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "initopt.train", "-m", "+launcher=population",
                              "seed=range(0,60)", *SMALL, "hydra.sweep.dir=sw"], cwd=tmp_path,
