@@ -25,14 +25,13 @@ import argparse
 from collections import Counter
 
 import torch
+from bench import minimal_run  # beside this script
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from initopt import engine
 from initopt.checks import compose_job
-from initopt.data import BatchSampler, load_dataset
-from initopt.engine.population import member_losses
-from initopt.optim import build_optimizer
+from initopt.data import load_dataset
 
 CPU = torch.device("cpu")
 
@@ -63,16 +62,7 @@ def framework(cfg, data) -> None:
 
 def hand_loop(cfg, data) -> None:
     """scripts/bench.py's minimal loop, without its final evaluation."""
-    model = engine.seeded_model(cfg.model, cfg.init, cfg.seed, data.n_features, data.n_outputs, data.x_train.dtype)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    sampler = BatchSampler(len(data.x_train), cfg.batch_size, [cfg.seed], CPU)
-    for _ in range(cfg.steps):
-        idx = sampler.next_indices()[0]
-        loss = member_losses(model(data.x_train[idx]).unsqueeze(0), data.y_train[idx].unsqueeze(0),
-                             data.num_classes).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    minimal_run(cfg, data, final_eval=False)
 
 
 def counted(run, cfg, data, mode_cls) -> Counter:

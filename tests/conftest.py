@@ -22,6 +22,22 @@ def run_cli(*args: str, cwd: Path, module: str = "initopt.train", env: dict | No
                           capture_output=True, text=True, timeout=timeout)
 
 
+# ``python -c FAULTY_CLI <args>``: initopt.train with an injected fault (seed 1's data cannot be read)
+FAULTY_CLI = """
+import sys
+import initopt.sweep.runner as runner
+real = runner.load_data
+def load_data(cfg):  # an injected fault: this job's data cannot be read at run time
+    if cfg.seed == 1:
+        raise OSError("injected: the disk holding the data went away")
+    return real(cfg)
+runner.load_data = load_data
+from initopt.train import main
+sys.argv = ["initopt.train", *sys.argv[1:]]
+main()
+"""
+
+
 def read_metrics(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 

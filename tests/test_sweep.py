@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import read_metrics, run_cli, scalar_tags
+from conftest import FAULTY_CLI, read_metrics, run_cli, scalar_tags
 
 INITS = ("zero", "normal", "xavier", "he")
 OPTIMS = ("sgd", "momentum", "adam")
@@ -86,21 +86,6 @@ def test_an_hparams_session_and_the_custom_scalar_layout_are_in_each_run(sweep_d
     assert hp["init"].string_value == "xavier" and hp["optim"].string_value == "momentum"
     assert "custom_scalars__config__" in acc.Tags()["tensors"]
     assert not any(t.startswith("final/") for t in acc.Tags()["scalars"])  # single dots: HParams has them
-
-
-FAULTY_CLI = """
-import sys
-import initopt.sweep.runner as runner
-real = runner.load_data
-def load_data(cfg):  # an injected fault: this job's data cannot be read at run time
-    if cfg.seed == 1:
-        raise OSError("injected: the disk holding the data went away")
-    return real(cfg)
-runner.load_data = load_data
-from initopt.train import main
-sys.argv = ["initopt.train", *sys.argv[1:]]
-main()
-"""
 
 
 def test_a_failing_job_is_recorded_and_the_others_still_finish(tmp_path):

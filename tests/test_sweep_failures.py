@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_metrics, run_cli
+from conftest import FAULTY_CLI, read_metrics, run_cli
 
 from initopt import engine, rundir
 from initopt.checks import compose_job
@@ -27,21 +27,6 @@ from initopt.sweep.runner import run_sweep
 SMALL = ["model.hidden=[8]", "steps=30", "eval_every=10", "flush_every=10"]
 LONG = ["model.hidden=[8]", "steps=10000000", "eval_every=1000000", "flush_every=1000000", "log_every=0",
         "act_every=0", "param_every=0", "hist_every=0"]
-
-FAULTY_CLI = """
-import sys
-import initopt.sweep.runner as runner
-real = runner.load_data
-def load_data(cfg):  # an injected fault: this job's data cannot be read at run time
-    if cfg.seed == 1:
-        raise OSError("injected: the disk holding the data went away")
-    return real(cfg)
-runner.load_data = load_data
-from initopt.train import main
-sys.argv = ["initopt.train", *sys.argv[1:]]
-main()
-"""
-
 
 def wait_for(condition, what: str, proc: subprocess.Popen, deadline_s: float = 600):
     end = time.monotonic() + deadline_s

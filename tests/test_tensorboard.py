@@ -529,3 +529,20 @@ def test_a_window_of_rows_reads_back_as_tensorboards_own_writer_writes_it(tmp_pa
     assert sorted(read["ours"]) == sorted(ROW_TAGS)
     assert len(read["ours"]["loss/batch"]) == len(steps)
     np.testing.assert_equal(read["ours"], read["theirs"])
+
+
+def test_the_heat_maps_colour_map_is_matplotlibs_magma_whether_looked_up_or_kept(tmp_path, monkeypatch):
+    from matplotlib import colormaps
+
+    from initopt import heatmap
+
+    expected = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    monkeypatch.setenv("INITOPT_CACHE", str(tmp_path))
+    for _ in range(2):  # looked up and kept, then read from the cache folder
+        heatmap._magma.cache_clear()
+        assert np.array_equal(heatmap._magma(), expected)
+        assert np.array_equal(np.load(tmp_path / "magma.npy"), expected)
+    (tmp_path / "magma.npy").write_bytes(b"torn")
+    heatmap._magma.cache_clear()
+    assert np.array_equal(heatmap._magma(), expected)
+    heatmap._magma.cache_clear()

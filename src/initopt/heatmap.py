@@ -15,9 +15,11 @@ figure cost ~0.2-0.4 s a run (layout and text), more than a small run trains.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -46,10 +48,27 @@ ROW_PX, WIDTH, BAR_PX, GAP_PX, PAD = 16, 400, 16, 6, 4
 
 @cache
 def _magma() -> np.ndarray:
-    """(256, 3) uint8: matplotlib's magma colour map, looked up once per process."""
+    """(256, 3) uint8: matplotlib's magma colour map, looked up once and kept in the cache
+    folder (``INITOPT_CACHE``, default ~/.cache/initopt): importing matplotlib takes ~0.2 s, as
+    long as a small run trains. An unreadable copy is looked up again; an unwritable folder skipped."""
+    path = Path(os.environ.get("INITOPT_CACHE", Path.home() / ".cache" / "initopt")) / "magma.npy"
+    try:
+        table = np.load(path)
+        if table.shape == (256, 3) and table.dtype == np.uint8:
+            return table
+    except (OSError, ValueError):
+        pass
     from matplotlib import colormaps
 
-    return (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    table = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npy")
+        np.save(partial, table)
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return table
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
