@@ -175,7 +175,7 @@ class JobStarter:
             return
         folder = output_dir / str(output_subdir)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, text in (("config.yaml", OmegaConf.to_yaml(task_cfg)), ("hydra.yaml", hydra_yaml),
+        for name, text in (("config.yaml", JOBS.config_yaml(task_cfg)), ("hydra.yaml", hydra_yaml),
                            ("overrides.yaml", _plain_yaml(list(task_overrides)))):
             (folder / name).write_text(text, encoding="utf-8")
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from initopt import engine, rundir
 from initopt.checks import check_runnable, resolve_device, user_error_line
+from initopt.compose import JOBS
 from initopt.config import ConfigError
 from initopt.data import Dataset, load_dataset
 from initopt.engine import checkpoint
@@ -185,7 +186,7 @@ def open_sinks(group: TrainingGroup, param_names: list[str], optim: list[tuple[f
                            hist_tensors=member.cfg.get("hist_tensors"))
         first = member is plan.members[0]
         experiment = plan.experiment if first and not plan.replicated else None
-        logger.write_run_info(plan.sessions["seeds" if plan.replicated else "run"], OmegaConf.to_yaml(member.cfg),
+        logger.write_run_info(plan.sessions["seeds" if plan.replicated else "run"], JOBS.config_yaml(member.cfg),
                               experiment)
         loggers.append(logger)
     aggregates = []
@@ -193,7 +194,7 @@ def open_sinks(group: TrainingGroup, param_names: list[str], optim: list[tuple[f
         if job.plan.replicated and job.mode is not ReplicasMode.SEQUENTIAL and not job.split:
             mean_run = RunLogger(job.plan.output_dir / rundir.MEAN_RUN, param_names, resume_step, banded=True,
                                  heatmap=job.plan.standalone)
-            mean_run.write_run_info(job.plan.sessions["mean"], OmegaConf.to_yaml(job.plan.cfg), job.plan.experiment)
+            mean_run.write_run_info(job.plan.sessions["mean"], JOBS.config_yaml(job.plan.cfg), job.plan.experiment)
             aggregates.append((mean_run, group.members_of(job)))
     return PopulationLogs(loggers, aggregates, optim)
 
