@@ -94,16 +94,19 @@ def read_run_events(run_dir: Path) -> RunEvents:
             event = Event.FromString(body)
             if event.HasField("session_log") and event.session_log.status == SessionLog.START:
                 _purge(scalars, event.step)
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
-                    plugin.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
+            step, wall = event.step, event.wall_time
+            for value in event.summary.value:  # ~14,000 values a 1,500-step run: kept lean
+                tag = value.tag
+                if tag not in plugin:  # the first summary of a tag carries its plugin's metadata
+                    plugin[tag] = value.metadata.plugin_data.plugin_name
                 kind = value.WhichOneof("value")
                 if kind == "simple_value":
-                    scalars.setdefault(value.tag, []).append((event.step, event.wall_time, value.simple_value))
-                elif kind == "tensor" and plugin.get(value.tag) == "histograms":
-                    histograms.setdefault(value.tag, []).append(TensorEvent(event.wall_time, event.step, value.tensor))
+                    rows = scalars.get(tag)
+                    if rows is None:
+                        rows = scalars[tag] = []
+                    rows.append((step, wall, value.simple_value))
+                elif kind == "tensor" and plugin[tag] == "histograms":
+                    histograms.setdefault(tag, []).append(TensorEvent(wall, step, value.tensor))
     return RunEvents({tag: _series(rows) for tag, rows in scalars.items()}, histograms)
 
 
