@@ -163,6 +163,9 @@ def save(fig, path: Path) -> Path:
     """Save as PNG (dpi ``DPI``) and, beside it, SVG (``path`` with each suffix of ``FORMATS``); close."""
     for suffix in FORMATS:
         fig.savefig(Path(path).with_suffix(f".{suffix}"), dpi=DPI)
+        # the layout found for the first format holds for the next: constrained layout is half
+        # of a save's time, and would be solved again for each format
+        fig.set_layout_engine("none")
     plt().close(fig)
     return path
 
