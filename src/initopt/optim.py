@@ -23,9 +23,12 @@ SGD at lr 0.1, although torch applies ``lr * beta = 0.01`` to a buffer ten times
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # torch is imported where an optimizer is built: the report reads the formulas only
+    import torch
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
@@ -85,6 +88,8 @@ def _fused_supported(params: list[torch.Tensor]) -> bool:
 
 
 def build_optimizer(params: Iterable[torch.Tensor], cfg: DictConfig) -> torch.optim.Optimizer:
+    import torch
+
     params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
