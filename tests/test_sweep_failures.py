@@ -211,6 +211,7 @@ def test_resuming_a_sweep_with_steps_changed_fails_that_job_in_one_line_naming_t
     assert read_metrics(tmp_path / "S" / "seed=1")["status"] == "ok"
 
 
+@pytest.mark.slow  # multi-process fault test (pytest -m slow, run by .ci/run); in process: test_engine.py
 def test_a_member_interrupted_in_a_mixed_population_resumes_under_the_basic_launcher(tmp_path):
     grid = ["-m", "optim=sgd,momentum", "model.hidden=[8]", "steps=2000", "eval_every=500", "flush_every=50",
             "hydra.sweep.dir=S"]
