@@ -38,6 +38,7 @@ import torch
 from initopt import engine
 from initopt.checks import compose_job
 from initopt.data import BatchSampler, Dataset, load_dataset
+from initopt.engine.loop import Schedule
 from initopt.engine.population import member_accuracies, member_losses
 from initopt.models import count_parameters
 from initopt.optim import build_optimizer
@@ -96,23 +97,34 @@ def framework_run(cfg, data, logdir: Path | None, log_every: int = 1) -> None:
     population_run(cfg, data, [cfg.seed], logdir, log_every)
 
 
-def minimal_run(cfg, data, final_eval: bool = True) -> None:
-    """What one would write by hand: same model, data, optimizer and batch order; no logging."""
+def minimal_run(cfg, data, evaluations: bool = True) -> None:
+    """What one would write by hand: same model, data, optimizer and batch order; no logging.
+    ``evaluations``: the whole sets evaluated where the framework evaluates them (at
+    initialization, the early steps 1, 2, 5, ... below ``eval_every``, every ``eval_every`` and
+    the end), so that row 1 compares the same work."""
     model = seeded(cfg, data, cfg.seed)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     sampler = BatchSampler(len(data.x_train), cfg.batch_size, [cfg.seed], CPU)
-    for _ in range(cfg.steps):
+    schedule = Schedule(cfg.steps, cfg.batch_size, eval_every=cfg.eval_every)
+    if evaluations:
+        evaluate(model, data)
+    for step in range(1, cfg.steps + 1):
         idx = sampler.next_indices()[0]
         loss = member_losses(model(data.x_train[idx]).unsqueeze(0), data.y_train[idx].unsqueeze(0),
                              data.num_classes).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    if final_eval:
-        with torch.no_grad():
-            for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
-                logits, ys = model(x).unsqueeze(0), y.unsqueeze(0)
-                torch.stack([member_losses(logits, ys, data.num_classes), member_accuracies(logits, ys)]).tolist()
+        if evaluations and schedule.evaluates_at(step):
+            evaluate(model, data)
+
+
+def evaluate(model, data) -> None:
+    """Loss and accuracy on the whole training and held-out sets (one host read)."""
+    with torch.no_grad():
+        for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+            logits, ys = model(x).unsqueeze(0), y.unsqueeze(0)
+            torch.stack([member_losses(logits, ys, data.num_classes), member_accuracies(logits, ys)]).tolist()
 
 
 def replicas_run(cfg, data, k: int, logdir: Path) -> None:
@@ -320,7 +332,7 @@ def main() -> None:
     cfg = config(BIG, big_steps)
     weights = count_parameters(seeded(cfg, big_data, 0))
 
-    step_s = interleaved({"big": lambda: minimal_run(cfg, big_data, final_eval=False)}, repeats)["big"] / big_steps
+    step_s = interleaved({"big": lambda: minimal_run(cfg, big_data, evaluations=False)}, repeats)["big"] / big_steps
     achieved = 6 * weights * cfg.batch_size / step_s
     peak = matmul_peak()
     results["big_mlp_flops"] = {"achieved": achieved, "matmul_peak": peak, "weights": weights}

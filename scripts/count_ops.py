@@ -62,7 +62,7 @@ def framework(cfg, data) -> None:
 
 def hand_loop(cfg, data) -> None:
     """scripts/bench.py's minimal loop, without its final evaluation."""
-    minimal_run(cfg, data, final_eval=False)
+    minimal_run(cfg, data, evaluations=False)
 
 
 def counted(run, cfg, data, mode_cls) -> Counter:
