@@ -1,7 +1,7 @@
 """Slow: the published qualitative results of DESIGN.md's reference table, with this project's code.
 
-Run with ``pytest -m slow`` (about 10 minutes on 2 cores). Each test runs an experiment config
-as a real ``-m`` sweep (one seed, to keep the time) and reads the jobs' ``metrics.json``.
+Run with ``pytest -m slow`` (about 21 minutes on 2 cores, 16 of them the Fashion-MNIST one). Each
+test runs an experiment config as a real ``-m`` sweep (one seed, to keep the time) and reads the jobs' ``metrics.json``.
 """
 
 from __future__ import annotations
