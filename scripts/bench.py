@@ -188,6 +188,26 @@ def launcher_phases(args: list[str], sweep_dir: Path) -> dict[str, float]:
     return {"wall": wall, "jobs": recorded["jobs"], **phases}
 
 
+PER_JOB_GRID = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "model.hidden=[64,64]", "steps=2",
+                "eval_every=100", "act_every=0"]
+
+
+def launcher_per_job_sweeps(jobs: int, tmp: Path) -> dict[str, dict[str, float]]:
+    """6. A 1-job and a ``jobs``-job population sweep at 2 steps (60: the homework grid; 600: the
+    study's grid), each with its phases (:func:`launcher_phases`)."""
+    many = [*PER_JOB_GRID, "seed=0,1,2,3,4"] if jobs == 60 else \
+        [*PER_JOB_GRID, "optim.lr=0.003,0.01,0.03,0.1,0.3", "seed=0,1,2,3,4,5,6,7,8,9"]
+    one = ["init=he", "optim=sgd", *PER_JOB_GRID[2:]]
+    return {"1 job, 2 steps": launcher_phases(one, tmp / "p1"),
+            f"{jobs} jobs, 2 steps": launcher_phases(many, tmp / "p2")}
+
+
+def launcher_ms_per_job(sweeps: dict[str, dict[str, float]]) -> float:
+    """(N-job sweep - 1-job sweep) / (N - 1), in ms."""
+    a, b = sweeps.values()
+    return (b["wall"] - a["wall"]) / (b["jobs"] - a["jobs"]) * 1e3
+
+
 def print_phases(sweeps: dict[str, dict[str, float]]) -> None:
     names = ["start-up", *PHASES, "exit", "wall"]
     print(f"{'launcher phases (s)':<34}" + "".join(f"{n:>9}" for n in names))
@@ -299,18 +319,11 @@ def main() -> None:
         walls.update({f"lr sweep, {k} (36 jobs)": v for k, v in lr_walls.items()})
 
         # 6. the launcher's own time per job: the study's grid (600 jobs; 60 quick) at 2 steps, less one job
-        per_job_grid = ["init=zero,normal,xavier,he", "optim=sgd,momentum,adam", "model.hidden=[64,64]", "steps=2",
-                        "eval_every=100", "act_every=0"]
-        many = [*per_job_grid, "seed=0,1,2,3,4"] if q else \
-            [*per_job_grid, "optim.lr=0.003,0.01,0.03,0.1,0.3", "seed=0,1,2,3,4,5,6,7,8,9"]
-        one = ["init=he", "optim=sgd", *per_job_grid[2:]]
-        sweeps = {"1 job, 2 steps": launcher_phases(one, tmp / "p1"),
-                  f"{60 if q else 600} jobs, 2 steps": launcher_phases(many, tmp / "p2")}
+        sweeps = launcher_per_job_sweeps(60 if q else 600, tmp)
         results["launcher_phases_s"] = sweeps
-        a, b = sweeps.values()
-        per_job_ms = (b["wall"] - a["wall"]) / (b["jobs"] - a["jobs"]) * 1e3
+        per_job_ms = launcher_ms_per_job(sweeps)
         results["launcher_ms_per_job"] = per_job_ms
-        rows.append((f"6. launcher's own time per job, ms ({b['jobs']}-job - 1-job sweep) / 15 ms",
+        rows.append((f"6. launcher's own time per job, ms ({60 if q else 600}-job - 1-job sweep) / 15 ms",
                      per_job_ms / 15, "<= 1"))
         shard_rows, shard_walls = shard_grid(q, tmp)
         rows += shard_rows
