@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from initopt.cache import cache_dir, keep
 from initopt.config import ConfigError, first_line
 from initopt.datafiles import (
     CIFAR_FOLDER,
@@ -31,7 +31,7 @@ from initopt.datafiles import (
 )
 
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
-CACHE_DIR = Path(os.environ.get("INITOPT_CACHE", Path.home() / ".cache" / "initopt"))
+CACHE_DIR = cache_dir()
 
 
 @dataclass
@@ -355,14 +355,9 @@ def _sklearn_dataset_kept(cfg: DictConfig) -> Dataset:
     except (OSError, KeyError, ValueError):
         pass
     data = _sklearn_dataset(cfg)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
-        np.savez(partial, x_train=data.x_train.numpy(), y_train=data.y_train.numpy(), x_test=data.x_test.numpy(),
-                 y_test=data.y_test.numpy(), num_classes=data.num_classes)
-        os.replace(partial, path)  # whole or not at all
-    except OSError:
-        pass
+    keep(path, lambda partial: np.savez(partial, x_train=data.x_train.numpy(), y_train=data.y_train.numpy(),
+                                        x_test=data.x_test.numpy(), y_test=data.y_test.numpy(),
+                                        num_classes=data.num_classes))
     return data
 
 

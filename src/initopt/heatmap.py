@@ -15,13 +15,13 @@ figure cost ~0.2-0.4 s a run (layout and text), more than a small run trains.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from functools import cache, lru_cache
-from pathlib import Path
 
 import numpy as np
+
+from initopt.cache import cache_dir, keep
 
 ZERO_COLOUR = (0.0, 0.75, 0.85, 1.0)  # cyan: not in magma
 NON_FINITE_COLOUR = (0.6, 0.6, 0.6, 1.0)
@@ -55,7 +55,7 @@ def _magma() -> np.ndarray:
     """(256, 3) uint8: matplotlib's magma colour map, looked up once and kept in the cache
     folder (``INITOPT_CACHE``, default ~/.cache/initopt): importing matplotlib takes ~0.2 s, as
     long as a small run trains. An unreadable copy is looked up again; an unwritable folder skipped."""
-    path = Path(os.environ.get("INITOPT_CACHE", Path.home() / ".cache" / "initopt")) / "magma.npy"
+    path = cache_dir() / "magma.npy"
     try:
         table = np.load(path)
         if table.shape == (256, 3) and table.dtype == np.uint8:
@@ -65,13 +65,7 @@ def _magma() -> np.ndarray:
     from matplotlib import colormaps
 
     table = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npy")
-        np.save(partial, table)
-        os.replace(partial, path)
-    except OSError:
-        pass
+    keep(path, lambda partial: np.save(partial, table))
     return table
 
 
