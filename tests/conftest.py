@@ -17,8 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cwd: Path, module: str = "initopt.train", env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m <module> args...`` in ``cwd``, output captured."""
+    return run_python("-m", module, *args, cwd=cwd, env=env, timeout=timeout)
+
+
+def run_python(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python args...`` in ``cwd`` (e.g. ``-c CODE <its argv>``), output captured."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

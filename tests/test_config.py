@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_python
 
 from initopt.checks import precheck_command_line, user_error_line
 from initopt.config import validate
@@ -142,6 +142,33 @@ def test_bad_override_exits_non_zero_with_one_line_and_writes_nothing(tmp_path):
     assert proc.stderr.strip().count("\n") == 0
     assert "init=kaiming" in proc.stderr and "he, normal, normal10, xavier, zero" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ``python -c`` this, then the command line: initopt.train's main, and whether torch was imported
+MAIN_THEN_TORCH_IMPORTED = """
+import sys
+from initopt.train import main
+try:
+    main()
+finally:
+    print("torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["init=kaiming"],
+    ["-m", "batch_size=64,700", "data.n_samples=1000,200", "hydra.sweep.dir=s"],
+    ["replicas=100000", "hydra.run.dir=r"],
+    ["data=cifar10", "data.root=nothing"],
+    ["-m", "+launcher=population", "hydra.launcher.member_budget=-3", "init=he,zero"],
+], ids=["unknown option", "bad combination in a sweep", "too many replicas", "missing files", "launcher option"])
+def test_a_refused_command_line_answers_without_importing_torch(tmp_path, args):
+    """The start-up checks need no torch (seconds of import): bad input is answered at once."""
+    proc = run_python("-c", MAIN_THEN_TORCH_IMPORTED, *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("initopt.train: error: ") and proc.stderr.strip().count("\n") == 0
+    assert proc.stdout.strip() == "torch imported: False"
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
 
 
 def test_missing_dataset_files_fail_fast_with_where_to_put_them(tmp_path):

@@ -13,7 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from initopt.config import ConfigError
-from initopt.data import BatchSampler, expected_train_size, load_dataset
+from initopt.data import BatchSampler, load_dataset
+from initopt.datafiles import expected_train_size
 
 CPU = torch.device("cpu")
 

@@ -23,7 +23,8 @@ from test_data import fake_mnist_dir
 
 from initopt.checks import precheck_command_line, user_error_line
 from initopt.config import ConfigError, clip_words, load_error_cause
-from initopt.data import load_dataset, min_generated_samples
+from initopt.data import load_dataset
+from initopt.datafiles import min_generated_samples
 from initopt.engine.checkpoint import load as load_checkpoint
 from initopt.threads import DEFAULT_THREADS, choose_threads
 

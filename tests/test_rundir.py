@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from conftest import read_metrics, run_cli, scalar_tags
+from omegaconf import OmegaConf
 
 from initopt import engine, rundir
 from initopt.checks import compose_job
@@ -189,3 +190,13 @@ def test_more_replicas_than_open_files_allow_are_refused_before_anything_starts(
     assert not (tmp_path / "run").exists()
     proc = run_cli("replicas=1000", "model.hidden=[4096,4096]", "batch_size=256", "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 2 and "GiB of memory" in proc.stderr
+
+
+@pytest.mark.parametrize("hidden, bias", [([8], True), ([64, 64], False), ([512, 256, 10], True)])
+def test_the_memory_checks_parameter_count_is_the_built_models(hidden, bias):
+    """``resources.parameter_count`` (no torch, no model built) counts what ``build_model`` builds."""
+    from initopt.models import build_model, count_parameters
+    from initopt.resources import parameter_count
+
+    model_cfg = OmegaConf.create({"hidden": hidden, "bias": bias, "activation": "relu"})
+    assert parameter_count(model_cfg, 784, 10) == count_parameters(build_model(model_cfg, 784, 10))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from initopt.groupruns import GROUPS_DIR
+from initopt.rundir import GROUPS_DIR  # not initopt.groupruns: it imports torch, a refusal needs none
 
 MAX_TICKED = 40  # TensorBoard's older tabs tick no run when more runs than this match the filter
 SAMPLES = "scalars=100000,images=100,histograms=100,distributions=100"

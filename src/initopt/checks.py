@@ -14,11 +14,10 @@ import weakref
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from initopt.config import ConfigError, first_line, validate
-from initopt.data import check_available, check_split, expected_train_size, min_generated_samples
+from initopt.datafiles import check_available, check_split, expected_train_size, min_generated_samples
 from initopt.resources import check_population_fits
 
 CONFIG_MODULE = "initopt.conf"
@@ -26,15 +25,19 @@ VERSION_BASE = "1.3"  # as initopt.train's @hydra.main sets it
 TASK_NAME = "train"  # Hydra's hydra.job.name for initopt.train's task (the name of its module)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", name, "CUDA is not available here; use cpu or auto")
-    if name not in ("cpu", "cuda"):
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(name: str) -> None:
+    """``device`` is one of :data:`DEVICES`; ``cuda`` needs a GPU (only then is torch imported:
+    the start-up checks refuse bad input without torch's seconds of import)."""
+    if name not in DEVICES:
         raise ConfigError("device", name, "one of auto, cpu, cuda")
-    return torch.device(name)
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device", name, "CUDA is not available here; use cpu or auto")
 
 
 def check_runnable(cfg: DictConfig, n_train: int) -> None:
@@ -67,7 +70,7 @@ def validate_once(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no data loaded: schema ranges, device, data files, batch size."""
     validate_once(cfg)
-    resolve_device(cfg.device)
+    check_device(cfg.device)
     check_available(cfg.data)
     n_train = expected_train_size(cfg.data)
     check_runnable(cfg, n_train)
@@ -190,7 +193,6 @@ def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> 
     """A chosen directory: writable; not another config's finished run; with ``resume=false``
     empty, or moved aside first when ``overwrite=true`` (before Hydra writes anything into it)."""
     from initopt import rundir
-    from initopt.engine import checkpoint
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     chosen = _override_value(overrides, key)
@@ -211,7 +213,9 @@ def _check_output_dir(overrides: list[str], multirun: bool, cfg: DictConfig) -> 
         if state == "foreign":
             raise ConfigError(key, chosen, "holds a finished run of another config; choose a new directory "
                               "(or resume=false overwrite=true)")
-        if state == "resumable":
+        if state == "resumable":  # its checkpoint must load (torch imported only for this)
+            from initopt.engine import checkpoint
+
             checkpoint.load(path / rundir.CHECKPOINT, [fp], [rundir.run_config(cfg)])
 
 

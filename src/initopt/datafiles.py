@@ -1,4 +1,7 @@
-"""Dataset files on disk, verified before anything reads or caches them.
+"""What a data config yields, known without loading it (no torch here: the start-up checks use it).
+
+Sizes: the train / held-out split of each dataset (train_test_split's rounding) and whether it
+works; files: where a file-based dataset's files are, or a one-line error saying where to put them.
 
 MNIST-format (idx) files, plain or gzipped, are checked against the shape their header
 declares; CIFAR-10's against torchvision's published MD5s. A bad file is a one-line
@@ -18,6 +21,7 @@ from omegaconf import DictConfig
 from initopt.config import ConfigError, first_line
 
 # Where Debian's `dataset-fashion-mnist` package installs the real Fashion-MNIST.
+TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 SYSTEM_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -122,3 +126,121 @@ def verify_cifar_files(cfg: DictConfig, root: Path) -> None:
             raise _corrupt_file_error(cfg, path, "is missing")
         if not check_integrity(str(path), md5):
             raise _corrupt_file_error(cfg, path, "does not match CIFAR-10's published MD5 (truncated or corrupt)")
+
+
+# ------------------------------------------------ sizes and files, known without loading
+def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
+    """(training, held-out) examples of ``n`` split by train_test_split: n_test = ceil(f n)."""
+    n_test = math.ceil(test_fraction * n)
+    return n - n_test, n_test
+
+
+def split_works(n: int, test_fraction: float, n_classes: int, min_train: int = 0) -> bool:
+    """Whether a stratified split of ``n`` examples of ``n_classes`` balanced classes works:
+    every class >= 2 examples (n >= 2C), >= C held-out and >= max(C, min_train) training examples."""
+    n_train, n_test = split_sizes(n, test_fraction)
+    return n >= 2 * n_classes and n_test >= n_classes and n_train >= max(n_classes, min_train)
+
+
+def min_generated_samples(test_fraction: float, n_classes: int = 2, min_train: int = 0) -> int:
+    """The smallest n for which :func:`split_works` (it is monotone in n).
+
+    Starts from the real-valued bounds n > (C-1)/f and n >= max(C, min_train)/(1-f), then
+    steps to the exact integer under train_test_split's rounding.
+    """
+    need_train = max(n_classes, min_train)
+    estimate = max(2 * n_classes, math.floor((n_classes - 1) / test_fraction) + 1,
+                   math.ceil(need_train / (1.0 - test_fraction)))
+    n = max(2 * n_classes, estimate - 2)
+    while not split_works(n, test_fraction, n_classes, min_train):
+        n += 1
+    return n
+
+
+def check_split(cfg: DictConfig) -> None:
+    """The stratified train / held-out split of generated or scikit-learn data must work."""
+    if cfg.name == "lstsq":
+        n_train, n_test = split_sizes(cfg.n_samples, cfg.test_fraction)
+        if min(n_train, n_test) < len(cfg.sigmas):
+            raise ConfigError("data.n_samples", cfg.n_samples, (
+                f"leaves {n_train} training and {n_test} held-out examples with data.test_fraction="
+                f"{cfg.test_fraction}; each side needs at least len(data.sigmas) = {len(cfg.sigmas)}"))
+    elif cfg.name in ("moons", "circles"):
+        n_min = min_generated_samples(cfg.test_fraction)
+        if cfg.n_samples < n_min:
+            raise ConfigError("data.n_samples", cfg.n_samples, (
+                f"at least {n_min} with data.test_fraction={cfg.test_fraction}: the stratified split "
+                "needs 2 held-out and 2 training examples (one per class on each side)"))
+    elif cfg.name == "digits" and not split_works(TRAIN_SIZES["digits"], cfg.test_fraction, 10):
+        n_train, n_test = split_sizes(TRAIN_SIZES["digits"], cfg.test_fraction)
+        raise ConfigError("data.test_fraction", cfg.test_fraction, (
+            f"leaves {n_train} training and {n_test} held-out examples of 1797; the stratified split "
+            "needs 10 (one per class) on each side"))
+
+
+def _candidate_dirs(cfg: DictConfig) -> list[Path]:
+    root = Path(cfg.root).expanduser()
+    cls = TORCHVISION_CLASSES[cfg.name]
+    dirs = [root, root / cls, root / cls / "raw", root / cfg.name]
+    return dirs + [Path(d) for d in SYSTEM_DIRS.get(cfg.name, [])]
+
+
+def find_idx_files(dirs: list[Path]) -> Path | None:
+    """The first directory holding all four MNIST-format files, plain or gzipped."""
+    for d in dirs:
+        if all((d / f).exists() or (d / f"{f}.gz").exists() for f in MNIST_FILES):
+            return d
+    return None
+
+
+def missing_files_error(cfg: DictConfig, dirs: list[Path]) -> ConfigError:
+    cls = TORCHVISION_CLASSES[cfg.name]
+    if cfg.name == "cifar10":
+        expected = Path(cfg.root).expanduser() / CIFAR_FOLDER
+        return ConfigError("data.root", cfg.root, (
+            f"no CIFAR-10 files found: the folder {expected} is missing; unpack cifar-10-python.tar.gz "
+            f"in {cfg.root} (it holds {CIFAR_FOLDER}/data_batch_1..5, test_batch, batches.meta), "
+            "or set data.download=true when online"))
+    where = ", ".join(str(d) for d in dirs)
+    hint = " or `apt install dataset-fashion-mnist`" if cfg.name == "fashion_mnist" else ""
+    return ConfigError(
+        "data.root", cfg.root,
+        f"no {cls} files found (looked in {where}); put torchvision's files under "
+        f"{cfg.root}/{cls}/raw{hint}, or set data.download=true when online",
+    )
+
+
+def located_files(cfg: DictConfig) -> Path | None:
+    """Where the dataset's files are (None: nowhere, a download is needed); stat calls only."""
+    if cfg.name == "cifar10":
+        root = Path(cfg.root).expanduser()
+        return root if (root / CIFAR_FOLDER).exists() else None
+    return find_idx_files(_candidate_dirs(cfg))
+
+
+def check_available(cfg: DictConfig) -> None:
+    """Fail at once when a file-based dataset is absent offline (saying where to put the files)
+    or its files are truncated or corrupt (naming the file); before anything is cached."""
+    if cfg.name not in TORCHVISION_CLASSES:
+        return
+    found = located_files(cfg)
+    if found is None:
+        if not cfg.download:
+            raise missing_files_error(cfg, _candidate_dirs(cfg))
+    elif cfg.name == "cifar10":
+        verify_cifar_files(cfg, found)
+    else:
+        verify_idx_files(cfg, found)
+
+
+TRAIN_SIZES = {"digits": 1797, "fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+
+
+def expected_train_size(cfg: DictConfig) -> int:
+    """Training examples the config yields, known without loading (train_test_split's rounding)."""
+    if cfg.name in TORCHVISION_CLASSES:
+        n = TRAIN_SIZES[cfg.name]
+    else:
+        total = cfg.n_samples if cfg.name in ("moons", "circles", "lstsq") else TRAIN_SIZES[cfg.name]
+        n = total - math.ceil(cfg.test_fraction * total)
+    return min(n, cfg.limit_train) if cfg.limit_train else n

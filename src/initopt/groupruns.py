@@ -57,7 +57,7 @@ from initopt.tb import (
 )
 from initopt.tbread import Series, read_run_events
 
-GROUPS_DIR = "groups"
+GROUPS_DIR = rundir.GROUPS_DIR
 HEATMAP_SUFFIX = ".heatmap"  # the end of the event file holding a sweep run's heat map
 SEED_ITEM = re.compile(r"(^|,)seed=-?\d+(?=,|$)")
 

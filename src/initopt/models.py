@@ -50,11 +50,3 @@ def build_model(cfg, n_in: int, n_out: int) -> MLP:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-
-def parameter_count(cfg, n_in: int, n_out: int) -> int:
-    """Parameters of ``build_model(cfg, n_in, n_out)`` without building it:
-    sum over layers of fan_in x fan_out (+ fan_out biases when ``cfg.bias``)."""
-    sizes = [n_in, *cfg.hidden, n_out]
-    return sum(a * b + (b if cfg.bias else 0) for a, b in zip(sizes, sizes[1:]))

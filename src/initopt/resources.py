@@ -15,7 +15,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from initopt.config import ConfigError
-from initopt.models import parameter_count
 
 FILE_MARGIN = 64
 MEMORY_SHARE = 0.8  # of what the kernel says is available
@@ -36,6 +35,13 @@ def available_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+def parameter_count(cfg, n_in: int, n_out: int) -> int:
+    """Parameters of ``initopt.models.build_model(cfg, n_in, n_out)`` without building it (nor
+    importing torch): sum over layers of fan_in x fan_out (+ fan_out biases when ``cfg.bias``)."""
+    sizes = [n_in, *cfg.hidden, n_out]
+    return sum(a * b + (b if cfg.bias else 0) for a, b in zip(sizes, sizes[1:]))
 
 
 def io_sizes(cfg: DictConfig) -> tuple[int, int]:

@@ -40,6 +40,7 @@ CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
 LOCK = ".initopt.lock"
 MEAN_RUN = "mean"  # a replica job's mean run (TensorBoard), beside replicas/seed=<s>/
+GROUPS_DIR = "groups"  # a sweep's group runs, <sweep>/groups/<group> (initopt.groupruns)
 EVENTS_GLOB = "events.out.tfevents*"
 SCHEMA = 2
 FINISHED = ("ok", "diverged")

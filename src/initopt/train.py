@@ -32,10 +32,7 @@ try:  # torch loads for seconds: Ctrl-C meanwhile is one line and exit 130, not 
     from initopt.checks import user_error_line
     from initopt.config import ConfigError
     from initopt.rundir import DirectoryInUse, release_held_locks
-    from initopt.signals import StopSignals
-    from initopt.sweep import outputs, runner, summary
-    from initopt.sweep.grouping import training_groups
-    from initopt.sweep.plan import Job, prepare_job
+    from initopt.sweep import summary
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
     raise SystemExit(INTERRUPTED_EXIT) from None
@@ -47,6 +44,11 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
 
     A finished job in ``output_dir`` is kept and its stored metrics returned.
     """
+    # torch and the engine are imported here, after the start-up checks (:func:`check_command_line`):
+    # a refused command line answers without their seconds of import
+    from initopt.sweep import outputs, runner
+    from initopt.sweep.plan import prepare_job
+
     # refusals (a lock held, another run in the directory) touch nothing
     job = prepare_job(cfg, Path(output_dir), run_name, resume_hint, group_choices, standalone)
     try:
@@ -63,8 +65,13 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str 
         job.release()
 
 
-def train_jobs(prepared: list[Job], member_budget: int = 0) -> None:
-    """Every member still to train, in training groups; a stop request checkpoints and exits."""
+def train_jobs(prepared: list, member_budget: int = 0) -> None:
+    """Every member still to train (of prepared :class:`initopt.sweep.plan.Job` s), in training
+    groups; a stop request checkpoints and exits."""
+    from initopt.signals import StopSignals
+    from initopt.sweep import outputs, runner
+    from initopt.sweep.grouping import training_groups
+
     runner.prepare_cuda_determinism(prepared)
     for job in prepared:
         if job.plan.members:
@@ -144,6 +151,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def job_failed(label: str, output_dir: Path, err: Exception) -> None:
     """A sweep's job failed (its metrics.json says why): one line, and the sweep goes on."""
+    from initopt.sweep import outputs
+
     outputs.record_failure(output_dir, err)  # a refusal before training has no record yet
     print(f"[{label or output_dir}] failed: {user_error_line(err)}", file=sys.stderr)
     summary.record(output_dir, err)

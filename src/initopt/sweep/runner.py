@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from initopt import engine, rundir
-from initopt.checks import check_runnable, resolve_device, user_error_line
+from initopt.checks import check_device, check_runnable, user_error_line
 from initopt.compose import JOBS
 from initopt.config import ConfigError
 from initopt.data import Dataset, load_dataset
 from initopt.engine import checkpoint
-from initopt.models import build_model, parameter_count
-from initopt.resources import FILE_MARGIN, open_file_limit
+from initopt.models import build_model
+from initopt.resources import FILE_MARGIN, open_file_limit, parameter_count
 from initopt.signals import StopSignals
 from initopt.sinks import PopulationLogs, optim_scalars
 from initopt.sweep import outputs
@@ -46,6 +46,14 @@ class Interrupted(SystemExit):
 
 
 # ------------------------------------------------------------------------------------ data
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU (:func:`initopt.checks.check_device` refuses the rest)."""
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 _DATA_CACHE: dict[tuple, Dataset] = {}
 
 
