@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_cli
 import pytest
 import torch
 
@@ -16,8 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, cwd: Path, module: str = "initopt.train", env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m <module> args...`` in ``cwd``, output captured."""
-    return run_python("-m", module, *args, cwd=cwd, env=env, timeout=timeout)
+    """``python -m <module> args...`` in ``cwd``, output captured: a new process, forked from one
+    that imported torch already (:mod:`forked_cli`; start-up itself is tested with :func:`run_python`)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return forked_cli.run_module(module, list(args), cwd, full_env, timeout)
 
 
 def run_python(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
