@@ -52,7 +52,7 @@ class JobConfigs:
         self._tasks: dict[tuple, tuple[DictConfig, dict]] = {}  # (config name, overrides) -> task config, choices
         self._splits: dict[tuple, tuple] = {}  # overrides -> parsed, values, structural
         self._overrides: dict[str, Override] = {}  # an override as typed -> parsed
-        self._yaml: dict[int, tuple[DictConfig, str | None]] = {}  # id(task config) -> it, its YAML
+        self._derived: dict[int, tuple[DictConfig, dict]] = {}  # id(task config) -> it, what was derived from it
         self.compositions = 0  # full Hydra compositions made
         self.patched = 0  # bases brought up to date with added hydra.* values instead
 
@@ -142,20 +142,25 @@ class JobConfigs:
             hydra_compat.apply_value_overrides(values, cfg)
             OmegaConf.set_readonly(cfg, True)  # shared by every user in this process: never changed
             self._tasks[key] = (cfg, base.choices)
-            self._yaml[id(cfg)] = (cfg, None)
+            self._derived[id(cfg)] = (cfg, {})
         return self._tasks[key]
 
-    def config_yaml(self, cfg: DictConfig) -> str:
-        """``OmegaConf.to_yaml(cfg)``; for a job's task config (read-only, shared), dumped once
-        per process: it is written twice, to ``.hydra/config.yaml`` and as the run's ``config``
-        text, and PyYAML's emitter takes ~5 ms a config."""
-        held, text = self._yaml.get(id(cfg), (None, None))
+    def derived(self, cfg: DictConfig, name: str, compute):
+        """``compute(cfg)``, computed once per process for a job's task config (read-only and
+        shared, so what is derived from it holds), anew for any other config. A sweep's job is
+        asked the same things by several phases (its fingerprint three times, its HParams values
+        twice, its YAML twice), each a walk through OmegaConf's nodes of a few ms."""
+        held, values = self._derived.get(id(cfg), (None, None))
         if held is not cfg:
-            return OmegaConf.to_yaml(cfg)
-        if text is None:
-            text = OmegaConf.to_yaml(cfg)
-            self._yaml[id(cfg)] = (cfg, text)
-        return text
+            return compute(cfg)
+        if name not in values:
+            values[name] = compute(cfg)
+        return values[name]
+
+    def config_yaml(self, cfg: DictConfig) -> str:
+        """``OmegaConf.to_yaml(cfg)``, once per job's task config (:meth:`derived`): it is written
+        to ``.hydra/config.yaml`` and as the run's ``config`` text."""
+        return self.derived(cfg, "yaml", OmegaConf.to_yaml)
 
     def job_hydra(self, loader, master: DictConfig, overrides: list[str]) -> tuple[Base, list[str], str]:
         """What a job's Hydra node has beyond its base's: its base, its task overrides
