@@ -51,3 +51,27 @@ def test_a_resumed_run_with_a_torn_last_record_reads_as_tensorboard_reads_it(tmp
     assert sorted(mine.histograms) == sorted(theirs.PluginTagToContent("histograms"))
     for tag, events in mine.histograms.items():
         assert [(e.step, e.tensor_proto) for e in events] == [(e.step, e.tensor_proto) for e in theirs.Tensors(tag)]
+
+
+def test_runs_read_in_worker_processes_equal_runs_read_here(tmp_path, monkeypatch):
+    """A large sweep's runs are read on every core (``read_runs``): the same series and histograms,
+    in the same order, as reading each here."""
+    import initopt.tbread as tbread
+
+    dirs = []
+    for k in range(3):
+        logger = RunLogger(tmp_path / f"run{k}", ["fc1.weight"])
+        write_steps(logger, range(1, 40), offset=float(k))
+        logger.close()
+        dirs.append(tmp_path / f"run{k}")
+    monkeypatch.setattr(tbread, "PARALLEL_BYTES", 0)  # workers whatever the size
+    monkeypatch.setattr(tbread, "_cores", lambda: 2)  # and on a one-core machine too
+    in_workers = tbread.read_runs(dirs)
+    for run_dir, got in zip(dirs, in_workers, strict=True):
+        here = read_run_events(run_dir)
+        assert got.scalars.keys() == here.scalars.keys()
+        for tag, series in here.scalars.items():
+            for field in ("steps", "walltimes", "values"):
+                assert np.array_equal(getattr(got.scalars[tag], field), getattr(series, field))
+        assert [(e.step, e.tensor_proto) for e in got.histograms["weights/fc1.weight"]] == \
+            [(e.step, e.tensor_proto) for e in here.histograms["weights/fc1.weight"]]
