@@ -60,3 +60,22 @@ def test_a_replica_job_split_by_the_member_budget_has_one_mean_run_equal_to_its_
         metrics = read_metrics(job)
         assert accuracy[-1].step == 30
         assert accuracy[-1].value == pytest.approx(metrics["final"]["test_accuracy"], rel=1e-6)
+
+
+def test_a_runs_gradient_norms_are_read_at_the_steps_every_tensor_has():
+    """The heat map's matrix: one row a step that every tensor's norm has, one column a tensor."""
+    import numpy as np
+
+    from initopt.groupruns import RunData
+    from initopt.tbread import Series
+
+    def series(steps, values):
+        return Series(np.array(steps), np.zeros(len(steps)), np.array(values, float))
+
+    same = RunData({"grad_norm/a": series([0, 1, 2], [1, 2, 3]), "grad_norm/b": series([0, 1, 2], [4, 5, 6])}, {})
+    steps, norms = same.grad_norms(["a", "b"])
+    assert steps.tolist() == [0, 1, 2] and norms.tolist() == [[1, 4], [2, 5], [3, 6]]
+    ragged = RunData({"grad_norm/a": series([0, 1, 2], [1, 2, 3]), "grad_norm/b": series([1, 2, 5], [5, 6, 9])}, {})
+    steps, norms = ragged.grad_norms(["a", "b"])
+    assert steps.tolist() == [1, 2] and norms.tolist() == [[2, 5], [3, 6]]
+    assert same.grad_norms(["a", "c"])[1].shape == (0, 2)  # a tensor without norms: none

@@ -77,6 +77,8 @@ class RunData:
         if any(s is None for s in series):
             return np.zeros(0, np.int64), np.zeros((0, len(names)))
         steps = series[0].steps
+        if all(np.array_equal(s.steps, steps) for s in series[1:]):  # as the engine writes them: one row a step
+            return steps, np.column_stack([s.values for s in series])
         for s in series[1:]:
             steps = np.intersect1d(steps, s.steps)
         return steps, np.column_stack([s.values[np.searchsorted(s.steps, steps)] for s in series])
