@@ -184,6 +184,26 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
     assert not (tmp_path / "run" / rundir.LOCK).exists()
 
 
+@pytest.mark.parametrize("free, full", [(0, True), (10 << 30, False)], ids=["no space left", "space left"])
+def test_torchs_save_failing_without_errno_or_message_is_a_full_disk_only_when_the_disk_is_full(
+        tmp_path, monkeypatch, free, full):
+    """``torch.save`` on a full disk can raise a bare ``RuntimeError`` (its zip writer's
+    ``unexpected pos``): the free space of the run's file system tells a full disk from a bug."""
+    from initopt import train
+
+    def save(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 128")
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(rundir, "free_bytes", lambda where: free)
+    cfg = compose_job([*RUN, "steps=20"])
+    expected = (ConfigError, "the disk is full") if full else (RuntimeError, "unexpected pos")
+    with pytest.raises(expected[0], match=expected[1]):
+        train.run(cfg, tmp_path / "run", "run")
+    assert not (tmp_path / "run" / rundir.FINAL).exists() and not (tmp_path / "run" / "final.pt.tmp").exists()
+    assert read_metrics(tmp_path / "run")["status"] == "failed"
+
+
 def test_more_replicas_than_open_files_allow_are_refused_before_anything_starts(tmp_path):
     proc = run_cli("replicas=100000", "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 2 and "open files" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

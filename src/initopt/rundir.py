@@ -115,10 +115,15 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
 
 
-def disk_full(err: BaseException | None) -> OSError | BaseException | None:
+DISK_FULL_MARGIN = 1 << 20  # bytes: a write that failed with less than this free was a full disk
+
+
+def disk_full(err: BaseException | None, where: Path | None = None) -> OSError | BaseException | None:
     """The error (or the one it wraps: ``torch.save`` raises a ``RuntimeError`` around the
-    ``OSError``, or only its message) that says the disk is full or the quota spent; else None."""
-    seen = set()
+    ``OSError``, or only its message) that says the disk is full or the quota spent; else None.
+    An error that says neither (``torch.save``'s zip writer can fail with only ``unexpected pos``)
+    counts when the file system of ``where`` has less than :data:`DISK_FULL_MARGIN` free."""
+    first, seen = err, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
@@ -126,7 +131,20 @@ def disk_full(err: BaseException | None) -> OSError | BaseException | None:
         if any(words in str(err) for words in DISK_FULL_WORDS):
             return err
         err = err.__cause__ or err.__context__
+    if first is not None and where is not None and free_bytes(where) < DISK_FULL_MARGIN:
+        return first
     return None
+
+
+def free_bytes(where: Path) -> float:
+    """Free bytes on the file system holding ``where`` (its nearest existing parent); inf if unknown."""
+    path = Path(where)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return math.inf
 
 
 def read_metrics(run_dir: Path) -> dict | None:

@@ -185,7 +185,7 @@ def as_user_error(job: Job, err: BaseException) -> BaseException:
     """A full disk becomes one line (what, where, what to do), and the unfinished members' partial
     outputs go, so nothing half-written stays (a member with a checkpoint keeps it and its events:
     rerunning resumes there)."""
-    full = rundir.disk_full(err)
+    full = rundir.disk_full(err, job.plan.output_dir)
     if full is None:
         return err
     for member in job.pending:
