@@ -118,6 +118,22 @@ def test_a_hydra_value_added_after_composing_updates_the_bases_without_composing
     assert "seed" not in composer.compose(loader, master, jobs[0]).hydra.job.override_dirname
 
 
+@pytest.mark.parametrize("value", ["plain", "42", "true", "a: b", "x" * 300 + " y", "back\\slash 'q' \"d\"",
+                                   "hé", "日本", "tab\there", "line\nbreak", "nel\x85", "", None, 3, 2.5e-07, True])
+def test_yaml_text_equals_omegaconfs(compose, value):
+    """``initopt.yamltext`` (libyaml's emitter for printable ASCII, OmegaConf's dumper otherwise)
+    writes what ``OmegaConf.to_yaml`` writes, byte for byte: a job's config, and any value in it."""
+    from omegaconf import OmegaConf
+
+    from initopt import yamltext
+
+    cfg = compose(["init=xavier", "optim=adam", "data=circles", "model.hidden=[16,8]"])
+    assert yamltext.config_yaml(cfg) == OmegaConf.to_yaml(cfg)
+    nested = {"hydra": {"job": {"value": value, "list": [value, {"k": value}], "empty": [], "none": {}}}}
+    assert yamltext.plain_yaml(nested) == OmegaConf.to_yaml(nested)
+    assert yamltext.plain_yaml([value]) == OmegaConf.to_yaml(OmegaConf.create([value]))
+
+
 # ------------------------------------------------------------- the launcher's per-job files
 SMALL = ["steps=2", "model.hidden=[4]", "eval_every=2", "act_every=0", "hist_every=0", "param_every=0"]
 

@@ -30,7 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from initopt import hydra_compat
+from initopt import hydra_compat, yamltext
 
 
 @dataclass
@@ -160,7 +160,7 @@ class JobConfigs:
     def config_yaml(self, cfg: DictConfig) -> str:
         """``OmegaConf.to_yaml(cfg)``, once per job's task config (:meth:`derived`): it is written
         to ``.hydra/config.yaml`` and as the run's ``config`` text."""
-        return self.derived(cfg, "yaml", OmegaConf.to_yaml)
+        return self.derived(cfg, "yaml", yamltext.config_yaml)
 
     def job_hydra(self, loader, master: DictConfig, overrides: list[str]) -> tuple[Base, list[str], str]:
         """What a job's Hydra node has beyond its base's: its base, its task overrides

@@ -28,12 +28,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, env_override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from initopt import yamltext
 from initopt.compose import JOBS, raw
 
 DEFAULT_SUBDIR = "${hydra.job.override_dirname}"
@@ -62,11 +62,9 @@ def _yaml_at(path: tuple[str, ...], value) -> str:
 
 
 def _plain_yaml(value: str | int | list | dict) -> str:
-    """``OmegaConf.to_yaml`` of a plain value (strings, ints, lists and dicts of them) through
-    PyYAML's ``Dumper`` directly: the same text (OmegaConf dumps with a subclass of it that only
-    quotes number-like and bool-like strings, as it does) without building a ``DictConfig``,
-    a few ms a job."""
-    return yaml.dump(value, Dumper=yaml.Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    """``OmegaConf.to_yaml`` of a plain value (strings, ints, lists and dicts of them) without
+    building a ``DictConfig`` (:func:`initopt.yamltext.plain_yaml`), a few ms a job."""
+    return yamltext.plain_yaml(value)
 
 
 def _plain_yaml_at(path: tuple[str, ...], value: str | int | list[str]) -> str:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from initopt import engine, rundir
 from initopt.checks import user_error_line
+from initopt.compose import JOBS
 from initopt.config import ConfigError
 from initopt.engine.loop import METRIC_KEYS
 from initopt.sweep.grouping import TrainingGroup
@@ -164,7 +165,7 @@ def write_mean_run_of_evaluations(job: Job) -> None:
     mean_dir = plan.output_dir / rundir.MEAN_RUN
     shutil.rmtree(mean_dir, ignore_errors=True)  # a mean run left by an earlier, interrupted grouping
     mean_run = RunLogger(mean_dir, records[0]["parameters"], banded=True)
-    mean_run.write_run_info(plan.sessions["mean"], OmegaConf.to_yaml(plan.cfg), plan.experiment)
+    mean_run.write_run_info(plan.sessions["mean"], JOBS.config_yaml(plan.cfg), plan.experiment)
     rows: dict[int, list[list[float]]] = {}
     for r in records:
         for entry in r["history"]:
