@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 200
 WINDOW = (STEPS // 2, STEPS - 1)  # the second half: the slow mode dominates long before
 SIGMAS = (3.0, 0.3)
+REPRODUCTION = pytest.mark.slow  # the trained runs: two training processes and the figure (~18 s)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def test_the_regression_loss_is_the_mean_squared_error_without_a_half():
     assert member_accuracies(logits, y, 0).isnan().all()  # no classes: no accuracy
 
 
+@REPRODUCTION
 def test_both_runs_use_the_analytic_modules_optimal_step_sizes(runs):
     _, found = runs
     assert found["sgd"].optim["lr"] == cf.gd_optimal_eta(SIGMAS)
@@ -65,6 +67,7 @@ def test_both_runs_use_the_analytic_modules_optimal_step_sizes(runs):
     assert found["momentum"].rate < found["sgd"].rate  # sqrt(0.9) = 0.949 against 9.09 / 9.09... = 0.980
 
 
+@REPRODUCTION
 def test_the_trained_loss_follows_the_closed_form_curve_step_by_step(runs):
     """Float64 training, float32 in the event file: 2^-24 = 6e-8 relative; 1e-6 leaves room for
     a few hundred steps of float64 rounding and nothing for a wrong factor of 2 or an off-by-one step."""
@@ -75,6 +78,7 @@ def test_the_trained_loss_follows_the_closed_form_curve_step_by_step(runs):
         assert np.abs(measured / run.closed_form[:STEPS] - 1).max() < 1e-6, run.label
 
 
+@REPRODUCTION
 def test_the_fitted_slopes_agree_with_the_closed_form_rates(runs):
     """ln L_t falls by 2 ln rho a step once the slowest mode dominates.
 
@@ -96,6 +100,7 @@ def test_the_fitted_slopes_agree_with_the_closed_form_rates(runs):
     assert ratio > 2.5  # momentum's advantage is real: 2 ln 0.949 / 2 ln 0.980 = 2.63
 
 
+@REPRODUCTION
 def test_the_figure_is_drawn_over_the_closed_forms(runs):
     out, _ = runs
     assert (out / "lstsq_rates.png").stat().st_size > 10_000
