@@ -23,7 +23,7 @@ INTERRUPTED = ("initopt.train: interrupted outside training (nothing to checkpoi
                "is half-written; rerun the same command to go on (finished jobs are kept)")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
-try:  # torch loads for seconds: Ctrl-C meanwhile is one line and exit 130, not an import traceback
+try:  # Ctrl-C while importing is one line and exit 130, not an import traceback (torch: in main, below)
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
