@@ -132,12 +132,13 @@ def _series(rows: list[tuple[int, float, float]]) -> Series:
 def read_runs(run_dirs: list[Path]) -> list[RunEvents]:
     """:func:`read_run_events` of each directory, in order. With more than :data:`PARALLEL_BYTES` of
     event files, spread over worker processes, one per core; each a fresh interpreter (a fork
-    server), never a fork of this process, which may hold torch's threads."""
+    server; spawned where there is none), never a fork of this process, which may hold torch's threads."""
     dirs = [Path(d) for d in run_dirs]
     workers = min(len(dirs), _cores())
     if workers < 2 or _event_bytes(dirs) < PARALLEL_BYTES:
         return [read_run_events(d) for d in dirs]
-    context = multiprocessing.get_context("forkserver")
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         return list(pool.map(read_run_events, dirs, chunksize=max(1, len(dirs) // (8 * workers))))
 
