@@ -69,10 +69,8 @@ def job_overrides(loader, config: DictConfig) -> list[list[str]]:
 
 def job_hparams(loader, config: DictConfig, job: list[str]) -> list[dict[str, Value]]:
     """The HParams values of one job's runs (one, or a replica job's seeds and mean)."""
-    from initopt.sweep.plan import job_hparams
-
     cfg, choices = JOBS.task_config(loader, config, job)
-    return [s.hparams for s in sessions(cfg, choices, "", job_hparams(cfg, choices)).values()]
+    return [s.hparams for s in sessions(cfg, choices, "").values()]
 
 
 class SweepHParams(Callback):

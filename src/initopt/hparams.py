@@ -112,13 +112,14 @@ def pooled(values: Mapping[str, Value], seeds: list[int]) -> dict[str, Value]:
     return {**rest, "seeds": seed_range(seeds)}
 
 
-def sessions(cfg: DictConfig, choices: Mapping[str, str], run_name: str,
-             values: dict[str, Value] | None = None) -> dict[str, Session]:
+def sessions(cfg: DictConfig, choices: Mapping[str, str], run_name: str) -> dict[str, Session]:
     """The HParams entries a job writes, by kind: ``run`` for a single run; for ``replicas=K``,
     ``seeds`` (every seed's run, one row: seeds ``a..b``, replicas ``K seeds``) and ``mean``
-    (the mean run, its own row: replicas ``mean of K``). ``values``: ``run_hparams(cfg, choices)``
-    when the caller has them."""
-    values = run_hparams(cfg, choices) if values is None else values
+    (the mean run, its own row: replicas ``mean of K``). A sweep job's values are computed once
+    (:meth:`initopt.compose.JobConfigs.derived`: the HParams callback and the job's plan both ask)."""
+    from initopt.compose import JOBS
+
+    values = JOBS.derived(cfg, "hparams", lambda c: run_hparams(c, choices))
     if int(cfg.replicas) <= 1:
         return {"run": Session(values)}
     seeds = replica_seeds(cfg)

@@ -69,7 +69,14 @@ def run_config(cfg: DictConfig) -> dict:
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS` (:func:`run_config`)."""
+    """SHA-1 of the composed config, less :data:`NON_RUN_KEYS` (:func:`run_config`); a sweep job's
+    once (:meth:`initopt.compose.JobConfigs.derived`: its plan, its members and its metrics ask)."""
+    from initopt.compose import JOBS  # at call time: compose is above this module
+
+    return JOBS.derived(cfg, "fingerprint", _sha1_of_run_config)
+
+
+def _sha1_of_run_config(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(run_config(cfg), sort_keys=True).encode()).hexdigest()
 
 

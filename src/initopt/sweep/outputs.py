@@ -19,7 +19,7 @@ from initopt.compose import JOBS
 from initopt.config import ConfigError
 from initopt.engine.loop import METRIC_KEYS
 from initopt.sweep.grouping import TrainingGroup
-from initopt.sweep.plan import Job, ReplicasMode, fingerprint
+from initopt.sweep.plan import Job, ReplicasMode
 from initopt.tb import RunLogger
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def aggregate_metrics(job: Job) -> dict:
         "wall_time_s": wall, "steps_per_s": steps / wall if wall else math.nan,
         "replica_steps_per_s": len(seeds) * steps / wall if wall else math.nan,
         "final": mean, "final_std": std, "choices": choices(plan.cfg, plan.group_choices), "run_name": plan.run_name,
-        "device": records[0]["device"], "fingerprint": fingerprint(plan.cfg),
+        "device": records[0]["device"], "fingerprint": rundir.fingerprint(plan.cfg),
         "replicas": [{"seed": m.cfg.seed, "status": r["status"], "diverged_step": r["diverged_step"],
                       "final": r["final"], "history": r["history"],
                       "event_dir": str(m.dir.relative_to(plan.output_dir))} for m, r in zip(plan.members, records)],

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from initopt import hparams, rundir
 from initopt.checks import validate_once
-from initopt.compose import JOBS
 from initopt.config import ConfigError
 from initopt.engine import checkpoint
 
@@ -147,29 +146,19 @@ def move_old_run_aside(output_dir: Path) -> None:
     print(f"overwrite=true: the old run in {output_dir} was moved to {moved}", file=sys.stderr)
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """:func:`initopt.rundir.fingerprint`, once per job's config (:meth:`initopt.compose.JobConfigs.derived`)."""
-    return JOBS.derived(cfg, "fingerprint", rundir.fingerprint)
-
-
-def job_hparams(cfg: DictConfig, choices: dict) -> dict:
-    """:func:`initopt.hparams.run_hparams`, once per job's config (its choices are the job's own)."""
-    return JOBS.derived(cfg, "hparams", lambda c: hparams.run_hparams(c, choices))
-
-
 def plan_job(cfg: DictConfig, output_dir: Path, run_name: str, resume_hint: str, group_choices: dict,
              standalone: bool, checkpoints: dict[MemberPlan, dict]) -> JobPlan:
     """The job's plan; the checkpoints of resuming members are read (and checked) into ``checkpoints``."""
-    sessions = hparams.sessions(cfg, group_choices, run_name, job_hparams(cfg, group_choices))
+    sessions = hparams.sessions(cfg, group_choices, run_name)
     plan = JobPlan(cfg, output_dir, run_name, resume_hint, group_choices, standalone, sessions)
-    state = rundir.classify(output_dir, fingerprint(cfg))
+    state = rundir.classify(output_dir, rundir.fingerprint(cfg))
     if state == "foreign":
         raise ConfigError("hydra.run.dir", str(output_dir),
                           "holds a finished run of another config; choose a new directory (or overwrite=true)")
     if state == "finished" and cfg.resume:
         return replace(plan, finished=rundir.read_metrics(output_dir))
     if state == "empty" and cfg.resume and not standalone:
-        twin = rundir.finished_twin(output_dir.parent, fingerprint(cfg), output_dir)
+        twin = rundir.finished_twin(output_dir.parent, rundir.fingerprint(cfg), output_dir)
         if twin is not None:
             return replace(plan, finished=point_to_twin(output_dir, twin))
     members = []
@@ -195,7 +184,7 @@ def point_to_twin(output_dir: Path, twin: Path) -> dict:
 
 def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[MemberPlan, dict]) -> MemberPlan:
     """Where one member starts; a resuming member's checkpoint goes into ``checkpoints``."""
-    fp = fingerprint(cfg)
+    fp = rundir.fingerprint(cfg)
     state = rundir.classify(member_dir, fp)
     if state == "foreign":
         raise ConfigError("hydra.run.dir", str(member_dir), "holds a finished run of another config")
