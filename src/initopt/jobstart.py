@@ -54,25 +54,12 @@ class Started:
 
 
 def _yaml_at(path: tuple[str, ...], value) -> str:
-    """The YAML of ``hydra.<path>`` as it appears in ``hydra.yaml``: its lines, at its indentation."""
+    """The YAML of ``hydra.<path>`` as it appears in ``hydra.yaml`` (as ``OmegaConf.to_yaml`` writes
+    it: :func:`initopt.yamltext.plain_yaml`): its lines, at its indentation."""
     nested = value
     for key in reversed(path):
         nested = {key: nested}
-    return OmegaConf.to_yaml({"hydra": nested}).split("\n", len(path))[len(path)]
-
-
-def _plain_yaml(value: str | int | list | dict) -> str:
-    """``OmegaConf.to_yaml`` of a plain value (strings, ints, lists and dicts of them) without
-    building a ``DictConfig`` (:func:`initopt.yamltext.plain_yaml`), a few ms a job."""
-    return yamltext.plain_yaml(value)
-
-
-def _plain_yaml_at(path: tuple[str, ...], value: str | int | list[str]) -> str:
-    """:func:`_yaml_at` of a job's own plain value (:func:`_plain_yaml`)."""
-    nested = value
-    for key in reversed(path):
-        nested = {key: nested}
-    return _plain_yaml({"hydra": nested}).split("\n", len(path))[len(path)]
+    return yamltext.plain_yaml({"hydra": nested}).split("\n", len(path))[len(path)]
 
 
 def _layout(node: dict) -> list[tuple[tuple[str, ...], str | None]]:
@@ -115,7 +102,7 @@ class JobStarter:
     # --------------------------------------------------------------- the fast way
     def _hydra_node(self, base) -> tuple[dict, list]:
         if id(base) not in self._layouts:
-            node = OmegaConf.to_container(base.cfg.hydra, resolve=False)
+            node = OmegaConf.to_container(base.cfg.hydra, resolve=False, enum_to_str=True)  # plain data
             self._layouts[id(base)] = node, _layout(node)
         return self._layouts[id(base)]
 
@@ -125,7 +112,7 @@ class JobStarter:
         output_dir = Path(os.path.abspath(os.path.join(self.sweep_dir, dirname)))
         node, pieces = self._hydra_node(base)
         own = dict(zip(PER_JOB, (task_overrides, dirname, str(idx), idx, str(output_dir))))
-        hydra_yaml = "hydra:\n" + "".join(_plain_yaml_at(path, own[path]) if text is None else text
+        hydra_yaml = "hydra:\n" + "".join(_yaml_at(path, own[path]) if text is None else text
                                            for path, text in pieces)
         ret = JobReturn(overrides=task_overrides, cfg=task_cfg, working_dir=os.getcwd())
         self._write_hydra_files(node.get("output_subdir"), output_dir, task_cfg, hydra_yaml, task_overrides)
@@ -174,7 +161,7 @@ class JobStarter:
         folder = output_dir / str(output_subdir)
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in (("config.yaml", JOBS.config_yaml(task_cfg)), ("hydra.yaml", hydra_yaml),
-                           ("overrides.yaml", _plain_yaml(list(task_overrides)))):
+                           ("overrides.yaml", yamltext.plain_yaml(list(task_overrides)))):
             (folder / name).write_text(text, encoding="utf-8")
 
     def remember(self, started: Started, logger: logging.Logger, message: str) -> None:
