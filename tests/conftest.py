@@ -15,18 +15,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _environment(env: dict | None) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
 def run_cli(*args: str, cwd: Path, module: str = "initopt.train", env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m <module> args...`` in ``cwd``, output captured: a new process, forked from one
     that imported torch already (:mod:`forked_cli`; start-up itself is tested with :func:`run_python`)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return forked_cli.run_module(module, list(args), cwd, full_env, timeout)
+    return forked_cli.run_module(module, list(args), cwd, _environment(env), timeout)
 
 
 def run_python(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python args...`` in ``cwd`` (e.g. ``-c CODE <its argv>``), output captured."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=_environment(env),
                           capture_output=True, text=True, timeout=timeout)
 
 

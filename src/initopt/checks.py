@@ -25,14 +25,9 @@ VERSION_BASE = "1.3"  # as initopt.train's @hydra.main sets it
 TASK_NAME = "train"  # Hydra's hydra.job.name for initopt.train's task (the name of its module)
 
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
 def check_device(name: str) -> None:
-    """``device`` is one of :data:`DEVICES`; ``cuda`` needs a GPU (only then is torch imported:
-    the start-up checks refuse bad input without torch's seconds of import)."""
-    if name not in DEVICES:
-        raise ConfigError("device", name, "one of auto, cpu, cuda")
+    """``device=cuda`` needs a GPU (only then is torch imported: the start-up checks refuse bad
+    input without torch's seconds of import); the name itself is checked by ``validate``."""
     if name == "cuda":
         import torch
 

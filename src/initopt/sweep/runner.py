@@ -47,7 +47,8 @@ class Interrupted(SystemExit):
 
 # ------------------------------------------------------------------------------------ data
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU (:func:`initopt.checks.check_device` refuses the rest)."""
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is refused
+    (:func:`initopt.checks.check_device`)."""
     check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
