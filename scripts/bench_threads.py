@@ -4,8 +4,10 @@
 
 Models (ReLU MLPs, EMA momentum as torch.optim.SGD, one training step = forward, loss,
 backward, update): toy = 2-64-64-1 on moons, batch 64; mid = 784-128-10, batch 64;
-big = 784-512-256-256-128-10, batch 256 (random data of that shape). FLOP per step is
-6 x parameters x batch (forward 2, backward 4 per weight and example).
+big = 784-512-256-256-128-10, batch 256 (random data of that shape); popK = K members of toy
+stacked into one population (initopt's engine, its eager step: K independent batched matrix
+products per layer, as a sweep's population trains). FLOP per step is 6 x parameters x batch
+(x K) (forward 2, backward 4 per weight and example).
 
 For each model and each load (alone; beside a second python process burning one core)
 the two thread counts run interleaved (1, default, 1, default, ...), each block about
@@ -35,6 +37,7 @@ SIZES = {  # name: (hidden, batch, n_features, n_outputs)
     "mid": ([128], 64, 784, 10),
     "big": ([512, 256, 256, 128], 256, 784, 10),
 }
+POPULATIONS = {"pop5": 5, "pop10": 10, "pop20": 20, "pop40": 40, "pop200": 200}  # members of toy, stacked
 BURN = "while True: pass"
 
 
@@ -64,6 +67,21 @@ def make_step(hidden: list[int], batch: int, n_in: int, n_out: int):
     return step, count_parameters(model)
 
 
+def make_population_step(members: int):
+    """A closure doing one eager step of ``members`` stacked toy models, each on its own batch."""
+    from initopt import engine
+    from initopt.checks import compose_job
+    from initopt.engine.step import TrainStep
+
+    cfg = compose_job(["model.hidden=[64,64]", "data=moons", "batch_size=64", "optim=momentum"])
+    data = load_dataset(cfg.data, torch.device("cpu"), torch.float32)
+    training = engine.build(cfg, data, engine.members_of(cfg, list(range(members))))
+    step = TrainStep(training.population, training.optimizer, data.num_classes, None, None)
+    idx = torch.randint(0, data.x_train.shape[0], (members, cfg.batch_size))
+    x, y = data.x_train[idx], data.y_train[idx]
+    return lambda: step.eager(x, y, False, False), members * sum(p[0].numel() for p in training.population.tensors())
+
+
 def time_per_step(step, threads: int, block_s: float) -> float:
     """Seconds per step over a block of about ``block_s`` seconds with ``threads`` threads."""
     torch.set_num_threads(threads)
@@ -88,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--block-s", type=float, default=0.4)
-    parser.add_argument("--sizes", default="toy,mid,big")
+    parser.add_argument("--sizes", default="toy,mid,big,pop5,pop10,pop20,pop40,pop200")
     args = parser.parse_args()
     default = torch.get_num_threads()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, default threads {default}, "
@@ -96,11 +114,15 @@ def main() -> None:
     if default == 1:
         print("torch's default is 1 thread here: nothing to compare")
         return
-    print(f"{'model':5} {'MFLOP/step':>10} {'load':>6} {'1 thread':>12} {f'{default} threads':>12} "
+    print(f"{'model':6} {'MFLOP/step':>10} {'load':>6} {'1 thread':>12} {f'{default} threads':>12} "
           f"{'default/1':>10}")
     for name in args.sizes.split(","):
-        hidden, batch, n_in, n_out = SIZES[name]
-        step, n_params = make_step(hidden, batch, n_in, n_out)
+        if name in POPULATIONS:
+            step, n_params = make_population_step(POPULATIONS[name])
+            batch = 64
+        else:
+            hidden, batch, n_in, n_out = SIZES[name]
+            step, n_params = make_step(hidden, batch, n_in, n_out)
         mflop = 6 * n_params * batch / 1e6
         for load in ("alone", "busy"):
             burner = subprocess.Popen([sys.executable, "-c", BURN]) if load == "busy" else None
@@ -110,7 +132,7 @@ def main() -> None:
                 if burner is not None:
                     burner.kill()
                     burner.wait()
-            print(f"{name:5} {mflop:10.2f} {load:>6} {med[1] * 1e6:10.0f}us {med[default] * 1e6:10.0f}us "
+            print(f"{name:6} {mflop:10.2f} {load:>6} {med[1] * 1e6:10.0f}us {med[default] * 1e6:10.0f}us "
                   f"{med[default] / med[1]:10.2f}", flush=True)
 
 

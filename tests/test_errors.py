@@ -217,6 +217,9 @@ def test_threads_auto_takes_one_thread_for_small_steps_and_torch_default_for_lar
     assert choose_threads(_threads_cfg("auto"), toy) == 1
     assert choose_threads(_threads_cfg("auto", batch_size=256), big) == DEFAULT_THREADS
     assert choose_threads(_threads_cfg("auto", replicas=1000), toy) == DEFAULT_THREADS
+    # 20 members stacked (34 MFLOP a step): split over members, more threads pay sooner than for one model
+    assert choose_threads(_threads_cfg("auto", replicas=20), toy) == DEFAULT_THREADS
+    assert choose_threads(_threads_cfg("auto", replicas=5), toy) == 1
     assert choose_threads(_threads_cfg(0), toy) == DEFAULT_THREADS
     assert choose_threads(_threads_cfg(3), big) == 3
 
