@@ -24,6 +24,7 @@ The contract: ``test_the_fast_composition_equals_hydras_for_every_job`` (equal t
 from __future__ import annotations
 
 import copy
+import pickle
 from dataclasses import dataclass
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -41,6 +42,15 @@ class Base:
     hydra_overrides: tuple[str, ...]  # the master config's hydra.* overrides it was composed with
     task: DictConfig  # cfg without Hydra's node (copied from, never handed out)
     choices: dict  # hydra.runtime.choices
+    _task_pickle: bytes | None = None
+
+    def task_copy(self) -> DictConfig:
+        """A new copy of :attr:`task`, equal to ``copy.deepcopy(task)`` node for node (values, flags,
+        types; tested) in ~1/5 of its time: unpickled from bytes pickled once per base (a sweep
+        copies a base once per job; OmegaConf's ``__deepcopy__`` walks every node in Python)."""
+        if self._task_pickle is None:
+            self._task_pickle = pickle.dumps(self.task, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.loads(self._task_pickle)
 
 
 class JobConfigs:
@@ -52,6 +62,7 @@ class JobConfigs:
         self._tasks: dict[tuple, tuple[DictConfig, dict]] = {}  # (config name, overrides) -> task config, choices
         self._splits: dict[tuple, tuple] = {}  # overrides -> parsed, values, structural
         self._overrides: dict[str, Override] = {}  # an override as typed -> parsed
+        self._groups: dict[str, bool] = {}  # an override's key -> whether it names a config group
         self._derived: dict[int, tuple[DictConfig, dict]] = {}  # id(task config) -> it, what was derived from it
         self.compositions = 0  # full Hydra compositions made
         self.patched = 0  # bases brought up to date with added hydra.* values instead
@@ -60,12 +71,17 @@ class JobConfigs:
         self.__init__()
 
     # ------------------------------------------------------------------ the split
-    @staticmethod
-    def is_value(override: Override, loader) -> bool:
+    def is_value(self, override: Override, loader) -> bool:
         """A plain ``key=value`` on a config key: it cannot change the defaults list."""
         return (override.type == OverrideType.CHANGE and override.package is None
-                and not override.is_sweep_override()
-                and not loader.repository.group_exists(override.key_or_group))
+                and not override.is_sweep_override() and not self._is_group(loader, override.key_or_group))
+
+    def _is_group(self, loader, key: str) -> bool:
+        """Whether ``key`` names a config group, asked of the repository once per key (a file-system
+        lookup in every search path; the same answer for every loader of one process, see :meth:`_split`)."""
+        if key not in self._groups:
+            self._groups[key] = loader.repository.group_exists(key)
+        return self._groups[key]
 
     def _split(self, loader, overrides: list[str]) -> tuple[list[Override], list[Override], tuple[str, ...]]:
         """A job's overrides parsed (once: the command-line checks ask for its task config, the
@@ -138,7 +154,7 @@ class JobConfigs:
         if key not in self._tasks:
             _, values, structural = self._split(loader, overrides)
             base = self._base(loader, master, structural)
-            cfg = copy.deepcopy(base.task)
+            cfg = base.task_copy()
             hydra_compat.apply_value_overrides(values, cfg)
             OmegaConf.set_readonly(cfg, True)  # shared by every user in this process: never changed
             self._tasks[key] = (cfg, base.choices)
