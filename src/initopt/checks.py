@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from initopt.config import ConfigError, first_line, validate
 from initopt.datafiles import check_available, check_split, expected_train_size, min_generated_samples
 from initopt.resources import check_population_fits
+from initopt.values import Config
 
 CONFIG_MODULE = "initopt.conf"
 VERSION_BASE = "1.3"  # as initopt.train's @hydra.main sets it
@@ -35,7 +36,7 @@ def check_device(name: str) -> None:
             raise ConfigError("device", name, "CUDA is not available here; use cpu or auto")
 
 
-def check_runnable(cfg: DictConfig, n_train: int) -> None:
+def check_runnable(cfg: Config, n_train: int) -> None:
     """Checks that need the data's size: the train / held-out split works, and a batch is at
     most the whole training set."""
     check_split(cfg.data)
@@ -63,8 +64,12 @@ def validate_once(cfg: DictConfig) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every check that needs no data loaded: schema ranges, device, data files, batch size."""
+    """Every check that needs no data loaded: schema ranges, device, data files, batch size (read
+    from the config's values, :meth:`initopt.compose.JobConfigs.values`)."""
+    from initopt.compose import JOBS
+
     validate_once(cfg)
+    cfg = JOBS.values(cfg)
     check_device(cfg.device)
     check_available(cfg.data)
     n_train = expected_train_size(cfg.data)

@@ -32,6 +32,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from initopt import hydra_compat, yamltext
+from initopt.values import Values, values_of
 
 
 @dataclass
@@ -172,6 +173,11 @@ class JobConfigs:
         if name not in values:
             values[name] = compute(cfg)
         return values[name]
+
+    def values(self, cfg: DictConfig) -> Values:
+        """``cfg``'s values as plain data (:func:`initopt.values.values_of`), once per job's task
+        config (:meth:`derived`): its checks, HParams values, fingerprint and group key read them."""
+        return self.derived(cfg, "values", values_of)
 
     def config_yaml(self, cfg: DictConfig) -> str:
         """``OmegaConf.to_yaml(cfg)``, once per job's task config (:meth:`derived`): it is written

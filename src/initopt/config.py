@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from initopt.values import Values
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error with a one-line message."""
@@ -245,14 +247,14 @@ def _in_open_closed(key: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(key, value, f"must be in ({lo}, {hi}]")
 
 
-def _validate_model(m: DictConfig) -> None:
+def _validate_model(m: Values) -> None:
     hidden = list(m.hidden)
     if any(h <= 0 for h in hidden):
         raise ConfigError("model.hidden", hidden, "a list of positive layer widths ([]: a linear model)")
     _one_of("model.activation", m.activation, ACTIVATIONS)
 
 
-def _validate_init(i: DictConfig) -> None:
+def _validate_init(i: Values) -> None:
     _non_negative("init.bias_std", i.bias_std)
     if i.name == "normal":
         _non_negative("init.std", i.std)
@@ -265,7 +267,7 @@ def _validate_init(i: DictConfig) -> None:
         _one_of("init.nonlinearity", i.nonlinearity, NONLINEARITIES)
 
 
-def _validate_optim(o: DictConfig) -> None:
+def _validate_optim(o: Values) -> None:
     _positive("optim.lr", o.lr)
     _non_negative("optim.weight_decay", o.weight_decay)
     if o.name == "momentum":
@@ -278,7 +280,7 @@ def _validate_optim(o: DictConfig) -> None:
         _positive("optim.eps", o.eps)
 
 
-def _validate_data(d: DictConfig) -> None:
+def _validate_data(d: Values) -> None:
     _one_of("data.name", d.name, DATASETS)
     _one_of("data.preprocess", d.preprocess, PREPROCESS)
     if d.name in ("moons", "circles", "lstsq"):
@@ -303,10 +305,10 @@ def _check_known_keys(cfg: DictConfig) -> None:
                 raise ConfigError(full, node[key], "not a config key; allowed: " + ", ".join(fields))
 
 
-def _check_finite(node: DictConfig, prefix: str = "") -> None:
+def _check_finite(node: dict, prefix: str = "") -> None:
     """Every float in the config is a finite number (``inf`` and ``nan`` parse as floats)."""
     for key, value in node.items():
-        if isinstance(value, DictConfig):
+        if isinstance(value, dict):
             _check_finite(value, f"{prefix}{key}.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{prefix}{key}", value, "must be a finite number")
@@ -316,7 +318,7 @@ SEED_MAX = 2**64 - 1  # torch.Generator's seed is an unsigned 64-bit integer
 DATA_SEED_MAX = 2**32 - 1  # scikit-learn's random_state
 
 
-def _check_seeds(cfg: DictConfig) -> None:
+def _check_seeds(cfg: Values) -> None:
     """Member seeds ``seed .. seed + replicas - 1`` within torch's range, ``data.seed`` within
     scikit-learn's (a negative seed would alias a large one: torch reads -1 as 2^64 - 1)."""
     last = SEED_MAX - (cfg.replicas - 1)
@@ -336,8 +338,13 @@ def _check_threads(value: Any) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every key and range a schema cannot express; raise :class:`ConfigError` on the first."""
+    """Check every key and range a schema cannot express; raise :class:`ConfigError` on the first.
+    The keys against the schemas' fields, on the config; the values on its plain data, read once
+    (:meth:`initopt.compose.JobConfigs.values`)."""
+    from initopt.compose import JOBS  # at call time: compose is above this module
+
     _check_known_keys(cfg)
+    cfg = JOBS.values(cfg)
     _check_finite(cfg)
     _validate_model(cfg.model)
     _validate_init(cfg.init)

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from initopt.config import ConfigError, first_line
+from initopt.values import Config
 
 # Where Debian's `dataset-fashion-mnist` package installs the real Fashion-MNIST.
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
@@ -157,7 +158,7 @@ def min_generated_samples(test_fraction: float, n_classes: int = 2, min_train: i
     return n
 
 
-def check_split(cfg: DictConfig) -> None:
+def check_split(cfg: Config) -> None:
     """The stratified train / held-out split of generated or scikit-learn data must work."""
     if cfg.name == "lstsq":
         n_train, n_test = split_sizes(cfg.n_samples, cfg.test_fraction)
@@ -178,7 +179,7 @@ def check_split(cfg: DictConfig) -> None:
             "needs 10 (one per class) on each side"))
 
 
-def _candidate_dirs(cfg: DictConfig) -> list[Path]:
+def _candidate_dirs(cfg: Config) -> list[Path]:
     root = Path(cfg.root).expanduser()
     cls = TORCHVISION_CLASSES[cfg.name]
     dirs = [root, root / cls, root / cls / "raw", root / cfg.name]
@@ -193,7 +194,7 @@ def find_idx_files(dirs: list[Path]) -> Path | None:
     return None
 
 
-def missing_files_error(cfg: DictConfig, dirs: list[Path]) -> ConfigError:
+def missing_files_error(cfg: Config, dirs: list[Path]) -> ConfigError:
     cls = TORCHVISION_CLASSES[cfg.name]
     if cfg.name == "cifar10":
         expected = Path(cfg.root).expanduser() / CIFAR_FOLDER
@@ -210,7 +211,7 @@ def missing_files_error(cfg: DictConfig, dirs: list[Path]) -> ConfigError:
     )
 
 
-def located_files(cfg: DictConfig) -> Path | None:
+def located_files(cfg: Config) -> Path | None:
     """Where the dataset's files are (None: nowhere, a download is needed); stat calls only."""
     if cfg.name == "cifar10":
         root = Path(cfg.root).expanduser()
@@ -218,7 +219,7 @@ def located_files(cfg: DictConfig) -> Path | None:
     return find_idx_files(_candidate_dirs(cfg))
 
 
-def check_available(cfg: DictConfig) -> None:
+def check_available(cfg: Config) -> None:
     """Fail at once when a file-based dataset is absent offline (saying where to put the files)
     or its files are truncated or corrupt (naming the file); before anything is cached."""
     if cfg.name not in TORCHVISION_CLASSES:
@@ -236,7 +237,7 @@ def check_available(cfg: DictConfig) -> None:
 TRAIN_SIZES = {"digits": 1797, "fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
 
 
-def expected_train_size(cfg: DictConfig) -> int:
+def expected_train_size(cfg: Config) -> int:
     """Training examples the config yields, known without loading (train_test_split's rounding)."""
     if cfg.name in TORCHVISION_CLASSES:
         n = TRAIN_SIZES[cfg.name]

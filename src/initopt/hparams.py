@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from initopt.optim import momentum_sgd_arguments
+from initopt.values import Config
 
 GROUPS = ("model", "init", "optim", "data")
 # The table's metrics (scalar tags, their last value) and the names its header shows.
@@ -44,7 +45,7 @@ INIT_KEYS = ("std", "gain", "mode", "distribution")
 OPTIM_KEYS = ("lr", "beta", "form", "beta1", "beta2", "eps", "weight_decay")
 
 
-def torch_equivalent(optim: DictConfig) -> tuple[float, float]:
+def torch_equivalent(optim: Config) -> tuple[float, float]:
     """``(lr, momentum)`` of the ``torch.optim`` call doing the same update: SGD ``(lr, 0)``;
     EMA momentum ``SGD(lr * beta, momentum=1 - beta)``; heavy ball ``SGD(lr, momentum=1 - beta)``;
     Adam ``(lr, 0)`` (its betas are columns of their own)."""
@@ -54,7 +55,7 @@ def torch_equivalent(optim: DictConfig) -> tuple[float, float]:
     return float(optim.lr), 0.0
 
 
-def steady_step(optim: DictConfig) -> float:
+def steady_step(optim: Config) -> float:
     """The steady-state step size: under a constant gradient g the update settles to
     ``steady_step * g``. torch's ``buf <- mu buf + g; w <- w - lr buf`` settles at
     ``buf = g / (1 - mu)``, so it is ``lr / (1 - mu)``: ``lr`` for SGD, ``lr`` for EMA momentum
@@ -72,7 +73,11 @@ def _number_or_text(value) -> Value:
 def run_hparams(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, Value]:
     """One run's HParams values: the group options (``choices``, Hydra's names, e.g. ``normal10``),
     the init and optimizer parameters the chosen options have, the torch.optim equivalent and the
-    steady-state step, the model's hidden sizes and activation, batch size, steps and seed."""
+    steady-state step, the model's hidden sizes and activation, batch size, steps and seed (read
+    from the config's values, :meth:`initopt.compose.JobConfigs.values`)."""
+    from initopt.compose import JOBS  # at call time: compose is above this module
+
+    cfg = JOBS.values(cfg)
     values: dict[str, Value] = {g: str(choices.get(g, cfg[g].name)) for g in GROUPS}
     values.update({f"init.{k}": _number_or_text(cfg.init[k]) for k in INIT_KEYS if k in cfg.init})
     if cfg.init.get("bias_std", 0):

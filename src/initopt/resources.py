@@ -12,9 +12,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from initopt.config import ConfigError
+from initopt.values import Config
 
 FILE_MARGIN = 64
 MEMORY_SHARE = 0.8  # of what the kernel says is available
@@ -44,12 +43,12 @@ def parameter_count(cfg, n_in: int, n_out: int) -> int:
     return sum(a * b + (b if cfg.bias else 0) for a, b in zip(sizes, sizes[1:]))
 
 
-def io_sizes(cfg: DictConfig) -> tuple[int, int]:
+def io_sizes(cfg: Config) -> tuple[int, int]:
     """The model's input features and outputs for ``cfg.data`` (one logit for two classes)."""
     return FEATURES.get(cfg.data.name, 784), 1 if CLASSES.get(cfg.data.name, 10) == 2 else 10
 
 
-def memory_estimate(cfg: DictConfig, members: int, n_train: int) -> int:
+def memory_estimate(cfg: Config, members: int, n_train: int) -> int:
     """Bytes a population of ``members`` copies of ``cfg`` needs (see the module doc)."""
     n_in, n_out = io_sizes(cfg)
     itemsize = 8 if cfg.dtype == "float64" else 4
@@ -59,7 +58,7 @@ def memory_estimate(cfg: DictConfig, members: int, n_train: int) -> int:
     return members * per_member
 
 
-def check_population_fits(cfg: DictConfig, members: int, n_train: int) -> None:
+def check_population_fits(cfg: Config, members: int, n_train: int) -> None:
     """One line naming what is too big when the machine cannot hold the population: ``replicas``
     (the count of members) when one member fits and ``members`` do not, else ``model.hidden``
     (one member alone, its parameters and activations, is beyond the memory)."""

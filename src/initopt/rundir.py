@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from initopt.config import ConfigError
+from initopt.values import plain_copy
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -58,8 +59,11 @@ def dirname_exclude_keys() -> list[str]:
 
 
 def run_config(cfg: DictConfig) -> dict:
-    """The composed config as plain data, less :data:`NON_RUN_KEYS`: what a run computes."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    """The composed config as plain data, less :data:`NON_RUN_KEYS`: what a run computes (a new
+    copy of the config's values, :meth:`initopt.compose.JobConfigs.values`)."""
+    from initopt.compose import JOBS  # at call time: compose is above this module
+
+    plain = plain_copy(JOBS.values(cfg))
     for key in NON_RUN_KEYS:
         node, _, leaf = key.rpartition(".")
         parent = plain.get(node, {}) if node else plain

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from initopt.init import initialize
 from initopt.models import MLP, build_model, count_parameters
+from initopt.values import Config
 
 # Above this many multiply-adds per member and step (batch x weights), stacking stops paying on a
 # CPU: replicas_mode=auto then trains the members one after another (see scripts/bench.py).
@@ -35,8 +36,8 @@ class Member:
     """What differs between the members of a population: seed, initialization, optimizer."""
 
     seed: int
-    init: DictConfig
-    optim: DictConfig
+    init: Config  # the init and optim nodes, read by attribute (a config or its values)
+    optim: Config
 
 
 def seeded_model(model_cfg: DictConfig, init_cfg: DictConfig, seed: int, n_in: int, n_out: int,

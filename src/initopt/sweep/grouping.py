@@ -12,9 +12,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from initopt import engine, rundir
+from initopt.compose import JOBS
 from initopt.sweep.plan import Job, MemberPlan, ReplicasMode
 
 
@@ -36,13 +37,14 @@ class TrainingGroup:
 
 
 def compatibility_key(cfg: DictConfig) -> str:
-    """What members must share to train as one group (their configs, less what may differ)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("seed", "init", "optim", "replicas", *rundir.NON_RUN_KEYS):
-        plain.pop(key, None)
-    plain["optim_family"] = engine.family_of(cfg.optim)
-    plain["device"] = cfg.device
-    return repr(sorted(plain.items()))
+    """What members must share to train as one group (their configs, less what may differ; read
+    from the config's values, :meth:`initopt.compose.JobConfigs.values`)."""
+    values = JOBS.values(cfg)
+    skip = {"seed", "init", "optim", "replicas", *rundir.NON_RUN_KEYS}
+    shared = {k: v for k, v in values.items() if k not in skip}
+    shared["optim_family"] = engine.family_of(values.optim)
+    shared["device"] = values.device
+    return repr(sorted(shared.items()))
 
 
 def training_groups(jobs: list[Job], member_budget: int = 0) -> list[TrainingGroup]:

@@ -60,13 +60,14 @@ _DATA_CACHE: dict[tuple, Dataset] = {}
 
 def load_data(cfg: DictConfig) -> Dataset:
     """The job's dataset on its device (loaded once per process for identical data configs)."""
-    device = resolve_device(cfg.device)
-    key = (repr(OmegaConf.to_container(cfg.data, resolve=True)), str(device), cfg.dtype)
+    values = JOBS.values(cfg)
+    device = resolve_device(values.device)
+    key = (repr(values.data), str(device), values.dtype)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # keep one dataset resident at a time
-        _DATA_CACHE[key] = load_dataset(cfg.data, device, DTYPES[cfg.dtype])
+        _DATA_CACHE[key] = load_dataset(cfg.data, device, DTYPES[values.dtype])
     data = _DATA_CACHE[key]
-    check_runnable(cfg, n_train=len(data.x_train))
+    check_runnable(values, n_train=len(data.x_train))
     return data
 
 
@@ -76,8 +77,8 @@ _MODES: dict[tuple, ReplicasMode] = {}
 def replicas_mode(cfg: DictConfig, data: Dataset) -> ReplicasMode:
     """How a job's members train together: the configured replicas_mode, auto decided by size
     (one probe model per process for each model, mode, batch size and data shape)."""
-    key = (repr(OmegaConf.to_container(cfg.model, resolve=True)), cfg.replicas_mode, cfg.batch_size,
-           data.n_features, data.n_outputs)
+    values = JOBS.values(cfg)
+    key = (repr(values.model), values.replicas_mode, values.batch_size, data.n_features, data.n_outputs)
     if key not in _MODES:
         probe = build_model(cfg.model, data.n_features, data.n_outputs)
         _MODES[key] = ReplicasMode(engine.forward_mode(cfg.replicas_mode, probe, cfg.batch_size))
@@ -91,6 +92,8 @@ def plan_training(job: Job) -> None:
     cfg = job.plan.cfg
     data = load_data(cfg)
     job.mode = replicas_mode(cfg, data)
+    if not job.checkpoints:
+        return
     expected = {name: (tuple(p.shape), DTYPES[cfg.dtype])
                 for name, p in build_model(cfg.model, data.n_features, data.n_outputs).named_parameters()}
     for member, saved in job.checkpoints.items():
@@ -156,13 +159,20 @@ class GroupRun:
     logs: PopulationLogs
 
 
+def member_of(cfg: DictConfig) -> engine.Member:
+    """A member's seed, init and optimizer settings, read from its config's values once
+    (:meth:`initopt.compose.JobConfigs.values`; building and initializing each member reads them)."""
+    values = JOBS.values(cfg)
+    return engine.Member(values.seed, values.init, values.optim)
+
+
 def train_group(group: TrainingGroup, stop: StopSignals, label: str = "") -> GroupRun:
     """One engine pass over a group; checkpoints go to each member's directory."""
     lead = group.members[0].cfg
     data = load_data(lead)
     n_weights = parameter_count(lead.model, data.n_features, data.n_outputs)
     with runtime_settings(lead, len(group.members), n_weights):
-        members = [engine.Member(m.cfg.seed, m.cfg.init, m.cfg.optim) for m in group.members]
+        members = [member_of(m.cfg) for m in group.members]
         training = engine.build(lead, data, members, group.mode.value)
         restore_checkpoints(group, training)
         logs = open_sinks(group, training.population.names, optim_scalars(training.optimizer.hyper))

@@ -1,0 +1,54 @@
+"""A composed config's values as plain data, read like the config (``cfg.data.name``, ``cfg["seed"]``).
+
+OmegaConf resolves, type-checks and wraps every value on every read (~20-50 us a key here); a
+sweep reads each job's config many times over (the start-up checks, its HParams values, its
+fingerprint, its group's key, its members' init and optimizer settings). :func:`values_of` reads
+the whole config once (``OmegaConf.to_container(resolve=True)``, ~1 ms) into :class:`Values`, a
+dict whose keys are also attributes; a sweep's job takes it once per process
+(:meth:`initopt.compose.JobConfigs.values`). Plain data has no schema: what needs the config's
+types (``OmegaConf.get_type``) or writes it back as YAML reads the config itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class Values(dict):
+    """A config node's values: ``v.key`` is ``v["key"]``; nested nodes are ``Values`` too, lists
+    are lists. Shared by every reader of a job: read it, never change it."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def values_of(cfg: DictConfig) -> Values:
+    """``cfg``'s values, interpolations resolved (a read of a missing or unresolvable value fails
+    here, as reading it from the config would: a ``???`` value raises ``MissingMandatoryValue``)."""
+    return _wrap(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True))
+
+
+def plain_copy(value: Any) -> Any:
+    """A new copy of ``value`` in builtin types only (``Values`` -> ``dict``): what may be changed,
+    serialized or pickled into a checkpoint (whose weights-only load allows builtins only)."""
+    if isinstance(value, dict):
+        return {k: plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_copy(v) for v in value]
+    return value
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Values((k, _wrap(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+Config = DictConfig | Values  # what a check reads like a config: the config itself or its values

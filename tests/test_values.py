@@ -1,0 +1,52 @@
+"""A config's values as plain data: read like the config, once per sweep job, builtins when copied."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from initopt.values import Values, plain_copy, values_of
+
+
+def test_values_read_like_the_config_with_interpolations_resolved():
+    cfg = OmegaConf.create({"optim": {"name": "sgd", "lr": 0.1}, "steps": 10, "eval_every": "${steps}",
+                            "model": {"hidden": [8, 4]}})
+    values = values_of(cfg)
+    assert values.optim.lr == values["optim"]["lr"] == 0.1
+    assert values.eval_every == 10  # resolved
+    assert values.model.hidden == [8, 4] and isinstance(values.model, Values)
+    assert values.optim.get("beta", 0.5) == 0.5 and "lr" in values.optim
+    with pytest.raises(AttributeError):
+        getattr(values.optim, "beta")  # noqa: B009 (the attribute read is the test)
+
+
+def test_a_missing_value_fails_as_reading_it_from_the_config_does():
+    cfg = OmegaConf.create({"optim": {"lr": "???"}})
+    with pytest.raises(MissingMandatoryValue):
+        values_of(cfg)
+
+
+def test_a_plain_copy_is_builtins_only_and_independent():
+    values = values_of(OmegaConf.create({"data": {"name": "moons", "sigmas": [3.0, 0.3]}, "seed": 1}))
+    copied = plain_copy(values)
+    assert copied == values and type(copied) is dict and type(copied["data"]) is dict
+    copied["data"]["sigmas"].append(1.0)
+    assert values.data.sigmas == [3.0, 0.3]
+    # a checkpoint's weights-only load accepts builtins only: no initopt class may be pickled
+    assert b"initopt" not in pickle.dumps(copied) and b"initopt" in pickle.dumps(values)
+
+
+def test_a_sweep_jobs_values_are_read_once_per_process():
+    from initopt.checks import compose_master
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = compose_master(["init=he", "optim.lr=0.1,0.2", "steps=3"], multirun=True)
+    composer = JobConfigs()
+    job_cfgs = [composer.task_config(loader, master, job)[0] for job in sweep_jobs(loader, master)]
+    assert [composer.values(c).optim.lr for c in job_cfgs] == [0.1, 0.2]
+    assert composer.values(job_cfgs[0]) is composer.values(job_cfgs[0])  # one read a job
+    other = OmegaConf.create({"seed": 1})  # any other config: read anew, nothing kept
+    assert composer.values(other) == {"seed": 1} and composer.values(other) is not composer.values(other)
