@@ -73,8 +73,11 @@ def test_the_fast_composition_equals_hydras_for_every_job(sweep):
         assert comparable(fast) == comparable(hydra), job
         task, choices = composer.task_config(loader, master, job)
         assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml(_task(hydra)), job
+        hydras_task = _task(hydra)
+        OmegaConf.set_readonly(hydras_task, True)  # a job's config is shared read-only
+        assert list(_nodes(task)) == list(_nodes(hydras_task)), job  # flags and schema types too
         assert choices == dict(hydra.hydra.runtime.choices)
-    assert composer.compositions <= len(jobs)  # one per set of config-group choices (count: the next test)
+    assert composer.compositions <= len(jobs)  # at most one per set of config-group choices (the next tests)
 
 
 def _task(cfg):
@@ -94,7 +97,31 @@ def test_each_structural_set_is_composed_once_and_values_are_applied():
     for job in sweep_jobs(loader, master):
         composer.task_config(loader, master, job)
         composer.compose(loader, master, job)
-    assert composer.compositions == 4  # init x optim: the structural combinations; values are applied
+    # init x optim, 2 x 2 combinations: (zero, sgd), (zero, adam), (he, sgd) composed by Hydra, (he, adam)
+    # assembled from them; the values applied to each
+    assert (composer.compositions, composer.assembled) == (3, 1)
+
+
+def test_a_grid_of_group_options_is_composed_once_per_option_and_assembled():
+    """4 inits x 3 optimizers: each option composed once (4 + 3 - 1 = 6 compositions), the other 6
+    combinations assembled, every one equal to Hydra's; an option that writes outside its own node
+    (an experiment, ``@package _global_``) is always left to Hydra."""
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = hydra_loader_and_master(["init=zero,normal,xavier,he", "optim=sgd,momentum,adam"])
+    composer = JobConfigs()
+    jobs = sweep_jobs(loader, master)
+    for job in jobs:
+        composer.task_config(loader, master, job)
+    assert (composer.compositions, composer.assembled) == (6, 6)
+    for job in jobs[4::3]:  # assembled ones (Hydra's own composition is slow: a sample)
+        assert comparable(composer.compose(loader, master, job)) == comparable(loader.load_sweep_config(master, job))
+
+    loader, master = hydra_loader_and_master(["+experiment=dlai_init,dlai_optim", "optim=sgd,adam"])
+    composer = JobConfigs()
+    for job in sweep_jobs(loader, master):
+        composer.task_config(loader, master, job)
+    assert composer.assembled == 0
 
 
 def test_a_hydra_value_added_after_composing_updates_the_bases_without_composing_again():
@@ -119,7 +146,7 @@ def test_a_hydra_value_added_after_composing_updates_the_bases_without_composing
     for job in sample:
         assert comparable(composer.compose(loader, master, job)) == \
             comparable(loader.load_sweep_config(master, job)), job
-    assert (composer.compositions, composer.patched) == (4, 4)
+    assert (composer.compositions, composer.assembled, composer.patched) == (3, 1, 4)
     assert "seed" not in composer.compose(loader, master, jobs[0]).hydra.job.override_dirname
 
 

@@ -43,7 +43,17 @@ class Base:
     hydra_overrides: tuple[str, ...]  # the master config's hydra.* overrides it was composed with
     task: DictConfig  # cfg without Hydra's node (copied from, never handed out)
     choices: dict  # hydra.runtime.choices
+    assembled_from: tuple | None = None  # the composed bases it was assembled from (None: composed)
     _task_pickle: bytes | None = None
+    _dirname: tuple | None = None
+
+    def dirname_settings(self) -> tuple[str, str, list[str]]:
+        """``hydra.job.config.override_dirname``'s separators and excluded keys, read once (its
+        ``exclude_keys`` is a resolver's interpolation, resolved on every read of the node)."""
+        if self._dirname is None:
+            node = self.cfg.hydra.job.config.override_dirname
+            self._dirname = (node.kv_sep, node.item_sep, list(node.exclude_keys))
+        return self._dirname
 
     def task_copy(self) -> DictConfig:
         """A new copy of :attr:`task`, equal to ``copy.deepcopy(task)`` node for node (values, flags,
@@ -65,7 +75,9 @@ class JobConfigs:
         self._overrides: dict[str, Override] = {}  # an override as typed -> parsed
         self._groups: dict[str, bool] = {}  # an override's key -> whether it names a config group
         self._derived: dict[int, tuple[DictConfig, dict]] = {}  # id(task config) -> it, what was derived from it
+        self._local: dict[tuple, bool] = {}  # (group, option) -> whether the option writes its group's node only
         self.compositions = 0  # full Hydra compositions made
+        self.assembled = 0  # bases assembled from composed ones instead
         self.patched = 0  # bases brought up to date with added hydra.* values instead
 
     def clear(self) -> None:
@@ -116,6 +128,7 @@ class JobConfigs:
         if key not in self._bases:
             older = self._patchable(loader, name, structural, hydra_overrides)
             self._bases[key] = self._patched(older, hydra_overrides) if older else \
+                self._assembled(loader, name, structural, hydra_overrides) or \
                 self._composed(loader, master, structural)
         return self._bases[key]
 
@@ -123,6 +136,73 @@ class JobConfigs:
         cfg = loader.load_sweep_config(master, list(structural))
         self.compositions += 1
         return Base(cfg, tuple(raw(master.hydra.overrides.hydra)), _without_hydra(cfg), dict(cfg.hydra.runtime.choices))
+
+    # A sweep over config groups (init=zero,he optim=sgd,adam) differs from base to base only in
+    # which option fills each group's node; when every option involved is *local* (its own package,
+    # no defaults but its schema), a combination is assembled from bases composed before, one donor
+    # per group: 4 inits x 3 optimizers need 4 + 3 - 1 = 6 compositions, not 12.
+    def _assembled(self, loader, name, structural: tuple[str, ...], hydra_overrides: tuple[str, ...]):
+        """A base assembled from composed ones (see above), or None when some group has no donor yet
+        or an option is not local."""
+        target = self._group_choices(loader, structural)
+        if not target:
+            return None
+        rest = [o for o in structural if o not in target.values()]
+        donors = {}
+        for (n, s, h), base in self._bases.items():
+            if (n, h) != (name, hydra_overrides) or base.assembled_from is not None:
+                continue
+            choices = self._group_choices(loader, s)
+            if not choices or list(choices) != list(target) or [o for o in s if o not in choices.values()] != rest:
+                continue
+            for group, override in target.items():
+                if choices[group] == override:
+                    donors.setdefault(group, base)
+        if len(donors) < len(target) or len({id(b) for b in donors.values()}) == 1:
+            return None  # a group's option not composed yet (or the same base: nothing to assemble)
+        return self._assemble(loader, structural, donors)
+
+    def _group_choices(self, loader, structural: tuple[str, ...]) -> dict[str, str] | None:
+        """``{group: override}`` for the overrides choosing a local option of a config group
+        (``init=he``), in order; None when one of them chooses a non-local option."""
+        choices = {}
+        for override in self._parsed(list(structural)):
+            if override.type != OverrideType.CHANGE or override.package is not None or override.is_hydra_override() \
+                    or not self._is_group(loader, override.key_or_group):
+                continue
+            if not self._is_local(loader, override.key_or_group, override.value()):
+                return None
+            choices[override.key_or_group] = override.input_line
+        return choices
+
+    def _is_local(self, loader, group: str, option) -> bool:
+        """Option ``option`` of ``group`` writes its group's node only: its own package, no ``hydra``
+        key, and a defaults list of ``_self_`` and configs of its own group (its schema)."""
+        key = (group, option)
+        if key not in self._local:
+            loaded = loader.repository.load_config(f"{group}/{option}") if isinstance(option, str) else None
+            self._local[key] = loaded is not None and loaded.header.get("package") in (None, "_group_", group) \
+                and "hydra" not in loaded.config and "/" not in group and all(
+                    type(d).__name__ == "ConfigDefault" and d.package is None and not d.path.startswith("/")
+                    for d in loaded.defaults_list)
+        return self._local[key]
+
+    def _assemble(self, loader, structural: tuple[str, ...], donors: dict[str, Base]) -> Base:
+        """The first donor's config with each group's node, and choice, taken from its donor; the
+        task overrides and directory name Hydra records for ``structural``."""
+        first = next(iter(donors.values()))
+        cfg = copy.deepcopy(first.cfg)
+        with read_write(cfg), open_dict(cfg):
+            for group, donor in donors.items():
+                if donor is not first:
+                    cfg[group] = donor.cfg[group]
+                    cfg.hydra.runtime.choices[group] = donor.choices[group]
+            app = [o for o in self._parsed(list(structural)) if not o.is_hydra_override()]
+            cfg.hydra.overrides.task = [o.input_line for o in app]
+            cfg.hydra.job.override_dirname = hydra_compat.overrides_dirname(app, *first.dirname_settings())
+        self.assembled += 1
+        return Base(cfg, first.hydra_overrides, _without_hydra(cfg), dict(cfg.hydra.runtime.choices),
+                    assembled_from=tuple(donors.values()))
 
     def _patchable(self, loader, name: str, structural: tuple[str, ...], hydra_overrides: tuple[str, ...]):
         """A base of the same structural overrides composed under a prefix of ``hydra_overrides``,
@@ -190,9 +270,7 @@ class JobConfigs:
         parsed, _, structural = self._split(loader, overrides)
         base = self._base(loader, master, structural)
         app = [o for o in parsed if not o.is_hydra_override()]
-        dirname = base.cfg.hydra.job.config.override_dirname
-        return base, [o.input_line for o in app], hydra_compat.overrides_dirname(
-            app, dirname.kv_sep, dirname.item_sep, list(dirname.exclude_keys))
+        return base, [o.input_line for o in app], hydra_compat.overrides_dirname(app, *base.dirname_settings())
 
     def compose(self, loader, master: DictConfig, overrides: list[str]) -> DictConfig:
         """The job's whole config, equal to Hydra's ``load_sweep_config(master, overrides)`` (a new copy)."""

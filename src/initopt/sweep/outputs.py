@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 
 def choices(cfg: DictConfig, group_choices: dict | None = None) -> dict[str, str | int | float | bool]:
-    """The run's identity for HParams and reports: group options and the main knobs."""
+    """The run's identity for HParams and reports: group options and the main knobs (read from
+    the config's values, :meth:`initopt.compose.JobConfigs.values`)."""
+    cfg = JOBS.values(cfg)
     picked = {g: str((group_choices or {}).get(g, cfg[g].name)) for g in ("model", "init", "optim", "data")}
     return {**picked, "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.batch_size, "steps": cfg.steps,
             "momentum_form": cfg.optim.get("form", "")}

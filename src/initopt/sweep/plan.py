@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from initopt import hparams, rundir
 from initopt.checks import validate_once
+from initopt.compose import JOBS
 from initopt.config import ConfigError
 from initopt.engine import checkpoint
 
@@ -75,7 +76,7 @@ class JobPlan:
 
     @property
     def replicated(self) -> bool:
-        return self.cfg.replicas > 1
+        return JOBS.values(self.cfg).replicas > 1
 
     @property
     def label(self) -> str:
