@@ -133,3 +133,71 @@ def test_compile_marks_the_mutated_state_as_static_addresses(monkeypatch):
                step.recorder.rows, step.recorder.slot, *step.optimizer.state["exp_avg"],
                *step.optimizer.state["exp_avg_sq"], step.optimizer.state["step"], *step.optimizer.coef.values()]
     assert all(id(t) in ids for t in mutated)
+
+
+# ---------------------------------------------------------------- the records' fast path and the witness
+def float32_step(scale: float = 1.0, seeds=(0, 1)):
+    cfg = compose_job(["steps=10", "optim=sgd", "optim.lr=1e-30"])
+    data = load_dataset(cfg.data, CPU, torch.float32)
+    x, y = data.x_train * scale, data.y_train
+    training = engine.build(cfg, data, engine.members_of(cfg, list(seeds)))
+    recorder = StepRecorder(len(seeds), len(training.population.names), 10, CPU)
+    step = TrainStep(training.population, training.optimizer, data.num_classes, recorder, None)
+    idx = torch.arange(len(seeds) * 64).reshape(len(seeds), 64)
+    return step, x[idx], y[idx]
+
+
+def exact_norms(step, x, y) -> torch.Tensor:
+    """Each member's gradient norms, accumulated in float64 from the same float32 gradients."""
+    total, _ = step._loss(step.population.leaves, x, y, False)
+    grads = torch.autograd.grad(total, step._leaves)
+    return torch.stack([torch.linalg.vector_norm(g.double(), dim=tuple(range(1, g.dim()))) for g in grads], dim=1)
+
+
+def test_a_recorded_steps_norms_equal_the_exact_ones_to_float32_rounding():
+    step, x, y = float32_step()
+    expected = exact_norms(step, x, y)
+    step.eager(x, y, True, False)
+    torch.testing.assert_close(step.recorder.rows[0, :, :-1], expected, rtol=2e-6, atol=0)
+
+
+def test_a_recorded_step_whose_float32_squares_overflow_records_the_exact_finite_norms():
+    """Inputs of ~1e20: every gradient entry finite, their float32 squares not: the record holds
+    the float64 norms (finite), and no member is taken for diverged."""
+    step, x, y = float32_step(scale=1e20)
+    expected = exact_norms(step, x, y)
+    assert torch.isfinite(expected).all() and expected.max() > 1e19  # float32 squares would overflow
+    step.eager(x, y, True, False)
+    torch.testing.assert_close(step.recorder.rows[0, :, :-1], expected, rtol=1e-12, atol=0)
+    assert step.newly_diverged == [] and step.all_alive
+
+
+def test_the_witness_is_a_sum_whose_overflow_only_sends_the_step_to_the_exact_test():
+    from initopt.probes import all_finite_witness, finite_members
+
+    big = [torch.full((2, 8, 8), 1e37), torch.ones(2, 8)]  # finite entries, their sum overflows float32
+    losses = torch.ones(2)
+    assert not torch.isfinite(all_finite_witness(big, losses))
+    assert finite_members(big, losses).tolist() == [True, True]
+    big[1][1, 3] = float("nan")
+    assert not torch.isfinite(all_finite_witness(big, losses))
+    assert finite_members(big, losses).tolist() == [True, False]
+    assert torch.isfinite(all_finite_witness([torch.randn(2, 8, 8)], losses))
+
+
+@pytest.mark.parametrize("optim", ["optim=momentum", "optim=adam"])
+def test_a_false_alarm_takes_the_masked_update_which_equals_the_plain_one(optim):
+    """A witness that overflows on finite values sends the step down the masked path with every
+    member alive: the same update as the plain one."""
+    runs = []
+    for masked in (False, True):
+        training, step, data = population_step(optim)
+        grads = [torch.randn_like(p) for p in training.population.params.values()]
+        for _ in range(3):
+            if masked:
+                training.optimizer.masked_step(grads, training.population.alive)
+            else:
+                training.optimizer.step(grads)
+        runs.append(weights(training))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

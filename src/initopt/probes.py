@@ -16,24 +16,26 @@ drained together (the flush window): the smoothed gradient norm.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 
-def member_grad_norms(grads: list[torch.Tensor]) -> torch.Tensor:
-    """``(K, P)`` float64: ||g_kp||_2 for member k and parameter tensor p (grads stacked ``(K, *shape)``).
+def member_grad_norms(grads: list[torch.Tensor], exact: bool = True) -> torch.Tensor:
+    """``(K, P)``: ||g_kp||_2 for member k and parameter tensor p (grads stacked ``(K, *shape)``).
 
-    Accumulated in float64, so finite float32 gradients never give an infinite norm (in float32
-    the squares overflow from entries of ~1e19). K = 1: one ``torch._foreach_norm`` call; else
-    one reduction per tensor over each member's dimensions.
+    ``exact``: accumulated in float64, so finite float32 gradients never give an infinite norm (in
+    float32 the squares overflow from entries of ~1e19). Else in the gradients' own dtype, ~5x
+    faster on the CPU (a population's (200, 64, 64) tensor: 0.5 ms, float64 2.3 ms), the same to
+    float32's rounding, but infinite where such squares overflow: the eager step recomputes a
+    step's norms exactly whenever one is not finite. K = 1: one ``torch._foreach_norm`` call;
+    else one reduction per tensor over each member's dimensions.
     """
+    dtype = torch.float64 if exact else None
     if grads[0].shape[0] == 1:
-        return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).unsqueeze(0)
-    return torch.stack([torch.linalg.vector_norm(g, dim=_member_dims(g), dtype=torch.float64) for g in grads],
-                       dim=1)
+        return torch.stack(torch._foreach_norm(grads, 2, dtype=dtype)).unsqueeze(0)
+    return torch.stack([torch.linalg.vector_norm(g, dim=_member_dims(g), dtype=dtype) for g in grads], dim=1)
 
 
 def _member_dims(t: torch.Tensor) -> tuple[int, ...]:
@@ -42,10 +44,12 @@ def _member_dims(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def all_finite_witness(grads: list[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
-    """A 0-d tensor, finite exactly when every gradient entry and every loss is: the largest
-    absolute value (``torch._foreach_norm`` with ord inf: NaN and inf propagate, finite values
-    cannot overflow). One reduction over all members; :func:`finite_members` says which."""
-    return torch.stack(torch._foreach_norm([*grads, losses], math.inf)).amax()
+    """A 0-d tensor that is finite when every gradient entry and every loss is: the sum of them all
+    (NaN and inf propagate through a sum). A sum of finite values may overflow (entries of ~1e38),
+    so a non-finite witness only sends the step to the exact test, :func:`finite_members`. (The
+    largest absolute value, ``torch._foreach_norm`` with ord inf, cannot overflow, but takes ~20x
+    the time on the CPU: 4.3 ms against 0.19 ms for a 200-member population's gradients.)"""
+    return torch.stack([t.sum() for t in (*grads, losses)]).sum()
 
 
 def finite_members(grads: list[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:

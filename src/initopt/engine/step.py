@@ -79,12 +79,9 @@ class TrainStep:
         total, (losses, stats) = self._loss(self.population.leaves, x, y, with_activations)
         grads = torch.autograd.grad(total, self._leaves)
         self.last_grads = list(grads)  # for the (off-step) histograms of initopt.layerstats
-        if record and self.recorder is not None:
-            witness = self.recorder.write_at_host_slot(member_grad_norms(grads), losses)
-        else:
-            witness = all_finite_witness(grads, losses)
         self.newly_diverged = []
-        if self.all_alive and math.isfinite(witness.item()):
+        all_finite = self._record(grads, losses, record)
+        if self.all_alive and all_finite:
             self.optimizer.step(grads)
             return stats
         alive = self.population.alive
@@ -97,6 +94,19 @@ class TrainStep:
             self.all_alive = False
         self.optimizer.masked_step(grads, alive)
         return stats
+
+    def _record(self, grads: list[torch.Tensor], losses: torch.Tensor, record: bool) -> bool:
+        """The step's record when it is recorded, and whether every gradient entry and loss is
+        finite, by a witness (one number read back): the sum of the record, or of the gradients.
+        While every member is alive the norms are taken in float32 first, again exactly (float64)
+        when their sum is not finite (an overflowing float32 square, or a non-finite entry). A
+        non-finite witness may be a false alarm: the caller then tests exactly."""
+        if not record or self.recorder is None:
+            return math.isfinite(all_finite_witness(grads, losses).item())
+        if self.all_alive and math.isfinite(
+                self.recorder.write_at_host_slot(member_grad_norms(grads, exact=False), losses).item()):
+            return True
+        return math.isfinite(self.recorder.write_at_host_slot(member_grad_norms(grads), losses).item())
 
     def freeze(self, members: list[int]) -> None:
         """Members found non-finite outside the step (an evaluation): frozen from now on."""
