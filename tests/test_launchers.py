@@ -163,12 +163,14 @@ def _nodes(cfg, path=""):
 
 
 def test_a_bases_copy_is_a_deep_copy_node_for_node():
-    """Each job's config starts as a copy of its base, unpickled (5x faster than ``copy.deepcopy``):
-    the same values, flags (struct, read-only), schema types and keys at every node."""
+    """Each job's config starts as a copy of its base, unpickled (5x faster than ``copy.deepcopy``),
+    and whole configs are copied by pickling: the same values, flags (struct, read-only), schema
+    types and keys at every node."""
     import copy
 
     from omegaconf import OmegaConf
 
+    from initopt import compose
     from initopt.compose import JobConfigs, sweep_jobs
 
     loader, master = hydra_loader_and_master(SWEEPS["model x data x optim form"][:3])
@@ -177,6 +179,8 @@ def test_a_bases_copy_is_a_deep_copy_node_for_node():
     (base,) = composer._bases.values()
     copied = base.task_copy()
     assert copied is not base.task and list(_nodes(copied)) == list(_nodes(copy.deepcopy(base.task)))
+    whole = compose.copied(base.cfg)  # Hydra's node too (interpolations, resolvers, its flags)
+    assert whole is not base.cfg and list(_nodes(whole)) == list(_nodes(copy.deepcopy(base.cfg)))
     assert OmegaConf.is_struct(copied) and OmegaConf.get_type(copied.optim).__name__ == "MomentumConfig"
     copied.optim.lr = 0.5  # a copy: the base is untouched
     assert base.task.optim.lr != 0.5
