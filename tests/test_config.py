@@ -121,12 +121,14 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_runs(overrides, words)
         assert word in line
 
 
-def test_a_sweeps_jobs_are_composed_once_per_set_of_group_choices():
+def test_a_sweeps_jobs_are_composed_once_per_group_option():
     from initopt.compose import JOBS
 
     JOBS.clear()
     precheck_command_line(["-m", "init=zero,he", "optim=sgd,adam", "seed=0,1,2", "optim.lr=0.1,0.01"])
-    assert JOBS.compositions == 4  # init x optim; seeds and rates applied to copies
+    # init x optim: each option composed once, the fourth combination assembled from those;
+    # seeds and rates applied to copies
+    assert (JOBS.compositions, JOBS.assembled) == (3, 1)
 
 
 def test_a_bad_combination_in_a_sweep_exits_2_in_one_line_before_any_job(tmp_path):

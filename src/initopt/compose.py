@@ -26,6 +26,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 
+from hydra.core.default_element import ConfigDefault
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -181,7 +182,7 @@ class JobConfigs:
             loaded = loader.repository.load_config(f"{group}/{option}") if isinstance(option, str) else None
             self._local[key] = loaded is not None and loaded.header.get("package") in (None, "_group_", group) \
                 and "hydra" not in loaded.config and "/" not in group and all(
-                    type(d).__name__ == "ConfigDefault" and d.package is None and not d.path.startswith("/")
+                    isinstance(d, ConfigDefault) and d.package is None and not d.path.startswith("/")
                     for d in loaded.defaults_list)
         return self._local[key]
 
