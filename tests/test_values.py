@@ -50,3 +50,19 @@ def test_a_sweep_jobs_values_are_read_once_per_process():
     assert composer.values(job_cfgs[0]) is composer.values(job_cfgs[0])  # one read a job
     other = OmegaConf.create({"seed": 1})  # any other config: read anew, nothing kept
     assert composer.values(other) == {"seed": 1} and composer.values(other) is not composer.values(other)
+
+
+def test_a_runs_config_is_frozen_and_its_values_read_once():
+    """A single run's config (from Hydra, changeable) is taken read-only once by its plan; its
+    values are then read once, and its members' configs, merged from it, are read-only too."""
+    from initopt.compose import JobConfigs, frozen
+
+    cfg = OmegaConf.create({"seed": 1, "replicas": 2})
+    run_cfg = frozen(cfg)
+    assert run_cfg is not cfg and OmegaConf.is_readonly(run_cfg) and not OmegaConf.is_readonly(cfg)
+    assert frozen(run_cfg) is run_cfg
+    composer = JobConfigs()
+    assert composer.values(run_cfg) is composer.values(run_cfg)
+    member = OmegaConf.merge(run_cfg, {"seed": 2, "replicas": 1})
+    assert composer.values(member) is composer.values(member) and composer.values(member).seed == 2
+

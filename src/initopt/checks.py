@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import sys
-import weakref
 from importlib.resources import files
 from pathlib import Path
 
@@ -51,16 +50,13 @@ def check_runnable(cfg: Config, n_train: int) -> None:
         )
 
 
-_validated: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> a config that passed validate
-
-
 def validate_once(cfg: DictConfig) -> None:
-    """:func:`initopt.config.validate`, unless this very config object passed it already in this
-    process: the command-line checks validate every job of a sweep before the launcher prepares
-    it (the launcher's job configs are the same objects, :data:`initopt.compose.JOBS`)."""
-    if _validated.get(id(cfg)) is not cfg:
-        validate(cfg)
-        _validated[id(cfg)] = cfg
+    """:func:`initopt.config.validate`, once per read-only config (:meth:`initopt.compose.JobConfigs.derived`):
+    the command-line checks validate every job of a sweep before the launcher prepares it (the
+    launcher's job configs are the same objects, :data:`initopt.compose.JOBS`)."""
+    from initopt.compose import JOBS
+
+    JOBS.derived(cfg, "validated", validate)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -43,7 +43,7 @@ class Base:
     hydra_overrides: tuple[str, ...]  # the master config's hydra.* overrides it was composed with
     task: DictConfig  # cfg without Hydra's node (copied from, never handed out)
     choices: dict  # hydra.runtime.choices
-    assembled_from: tuple | None = None  # the composed bases it was assembled from (None: composed)
+    assembled: bool = False  # assembled from composed bases (never a donor itself)
     _task_pickle: bytes | None = None
     _dirname: tuple | None = None
 
@@ -149,7 +149,7 @@ class JobConfigs:
         rest = [o for o in structural if o not in target.values()]
         donors = {}
         for (n, s, h), base in self._bases.items():
-            if (n, h) != (name, hydra_overrides) or base.assembled_from is not None:
+            if (n, h) != (name, hydra_overrides) or base.assembled:
                 continue
             choices = self._group_choices(loader, s)
             if not choices or list(choices) != list(target) or [o for o in s if o not in choices.values()] != rest:
@@ -179,9 +179,10 @@ class JobConfigs:
         key, and a defaults list of ``_self_`` and configs of its own group (its schema)."""
         key = (group, option)
         if key not in self._local:
-            loaded = loader.repository.load_config(f"{group}/{option}") if isinstance(option, str) else None
+            plain = isinstance(option, str) and "/" not in group  # a top-level group, one option named
+            loaded = loader.repository.load_config(f"{group}/{option}") if plain else None
             self._local[key] = loaded is not None and loaded.header.get("package") in (None, "_group_", group) \
-                and "hydra" not in loaded.config and "/" not in group and all(
+                and "hydra" not in loaded.config and all(
                     isinstance(d, ConfigDefault) and d.package is None and not d.path.startswith("/")
                     for d in loaded.defaults_list)
         return self._local[key]
@@ -200,8 +201,7 @@ class JobConfigs:
             cfg.hydra.overrides.task = [o.input_line for o in app]
             cfg.hydra.job.override_dirname = hydra_compat.overrides_dirname(app, *first.dirname_settings())
         self.assembled += 1
-        return Base(cfg, first.hydra_overrides, _without_hydra(cfg), dict(cfg.hydra.runtime.choices),
-                    assembled_from=tuple(donors.values()))
+        return Base(cfg, first.hydra_overrides, _without_hydra(cfg), dict(cfg.hydra.runtime.choices), assembled=True)
 
     def _patchable(self, loader, name: str, structural: tuple[str, ...], hydra_overrides: tuple[str, ...]):
         """A base of the same structural overrides composed under a prefix of ``hydra_overrides``,
@@ -238,17 +238,20 @@ class JobConfigs:
             hydra_compat.apply_value_overrides(values, cfg)
             OmegaConf.set_readonly(cfg, True)  # shared by every user in this process: never changed
             self._tasks[key] = (cfg, base.choices)
-            self._derived[id(cfg)] = (cfg, {})
         return self._tasks[key]
 
     def derived(self, cfg: DictConfig, name: str, compute):
-        """``compute(cfg)``, computed once per process for a job's task config (read-only and
-        shared, so what is derived from it holds), anew for any other config. A sweep's job is
-        asked the same things by several phases (its fingerprint three times, its HParams values
-        twice, its YAML twice), each a walk through OmegaConf's nodes of a few ms."""
+        """``compute(cfg)``, computed once per process for a read-only config (a job's task config,
+        a run's :func:`frozen` config, its members' configs merged from it: none can change, so
+        what is derived from it holds; each is kept from its first use), anew for any other config.
+        A job is asked the same things by several phases (its values ~20 times, its fingerprint
+        three times, its HParams values twice, its YAML twice), each a walk through OmegaConf's
+        nodes of a few ms."""
         held, values = self._derived.get(id(cfg), (None, None))
         if held is not cfg:
-            return compute(cfg)
+            if not OmegaConf.is_readonly(cfg):
+                return compute(cfg)
+            held, values = self._derived[id(cfg)] = (cfg, {})
         if name not in values:
             values[name] = compute(cfg)
         return values[name]
@@ -313,6 +316,16 @@ def sweep_jobs(loader, master: DictConfig) -> list[list[str]]:
 def task_part(cfg: DictConfig) -> DictConfig:
     """A composed config without Hydra's node (a copy)."""
     return _without_hydra(cfg)
+
+
+def frozen(cfg: DictConfig) -> DictConfig:
+    """``cfg`` when it is read-only (a sweep job's task config), else a read-only copy: a run's
+    config, from which what is derived is then computed once (:meth:`JobConfigs.derived`)."""
+    if OmegaConf.is_readonly(cfg):
+        return cfg
+    cfg = copied(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
 def copied(cfg: DictConfig) -> DictConfig:

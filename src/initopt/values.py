@@ -27,6 +27,9 @@ class Values(dict):
             raise AttributeError(key) from None
 
 
+Config = DictConfig | Values  # what a check reads like a config: the config itself or its values
+
+
 def values_of(cfg: DictConfig) -> Values:
     """``cfg``'s values, interpolations resolved (a read of a missing or unresolvable value fails
     here, as reading it from the config would: a ``???`` value raises ``MissingMandatoryValue``)."""
@@ -49,6 +52,3 @@ def _wrap(value: Any) -> Any:
     if isinstance(value, list):
         return [_wrap(v) for v in value]
     return value
-
-
-Config = DictConfig | Values  # what a check reads like a config: the config itself or its values

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from initopt import hparams, rundir
 from initopt.checks import validate_once
-from initopt.compose import JOBS
+from initopt.compose import JOBS, frozen
 from initopt.config import ConfigError
 from initopt.engine import checkpoint
 
@@ -119,6 +119,7 @@ def prepare_job(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hi
     another config; ``resume=false`` where a run is, unless ``overwrite=true`` (which moves the old
     run to ``<dir>.replaced-<time>`` first).
     """
+    cfg = frozen(cfg)  # read-only from here on: what is derived from it (values, fingerprint) once
     validate_once(cfg)
     output_dir = Path(output_dir)
     group_choices = group_choices or {}
