@@ -80,8 +80,7 @@ class TrainStep:
         grads = torch.autograd.grad(total, self._leaves)
         self.last_grads = list(grads)  # for the (off-step) histograms of initopt.layerstats
         self.newly_diverged = []
-        all_finite = self._record(grads, losses, record)
-        if self.all_alive and all_finite:
+        if self._record_and_check(grads, losses, record):
             self.optimizer.step(grads)
             return stats
         alive = self.population.alive
@@ -95,16 +94,21 @@ class TrainStep:
         self.optimizer.masked_step(grads, alive)
         return stats
 
-    def _record(self, grads: list[torch.Tensor], losses: torch.Tensor, record: bool) -> bool:
-        """The step's record when it is recorded, and whether every gradient entry and loss is
-        finite, by a witness (one number read back): the sum of the record, or of the gradients.
-        While every member is alive the norms are taken in float32 first, again exactly (float64)
-        when their sum is not finite (an overflowing float32 square, or a non-finite entry). A
-        non-finite witness may be a false alarm: the caller then tests exactly."""
-        if not record or self.recorder is None:
+    def _record_and_check(self, grads: list[torch.Tensor], losses: torch.Tensor, record: bool) -> bool:
+        """The step's record when it is recorded; whether the plain update may follow: every member
+        alive and a witness (one number read back) finite, the sum of the record or of the
+        gradients. While every member is alive the norms are taken in float32 first, again exactly
+        (float64) when their sum is not finite (an overflowing float32 square, or a non-finite
+        entry); once one is frozen, exactly, and nothing is read back (the masked update follows
+        anyway). A non-finite witness may be a false alarm: the caller then tests exactly."""
+        recording = record and self.recorder is not None
+        if not self.all_alive:
+            if recording:
+                self.recorder.write_at_host_slot(member_grad_norms(grads), losses)
+            return False
+        if not recording:
             return math.isfinite(all_finite_witness(grads, losses).item())
-        if self.all_alive and math.isfinite(
-                self.recorder.write_at_host_slot(member_grad_norms(grads, exact=False), losses).item()):
+        if math.isfinite(self.recorder.write_at_host_slot(member_grad_norms(grads, exact=False), losses).item()):
             return True
         return math.isfinite(self.recorder.write_at_host_slot(member_grad_norms(grads), losses).item())
 
