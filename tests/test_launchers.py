@@ -62,6 +62,7 @@ def test_the_fast_composition_equals_hydras_for_every_job(sweep):
     from omegaconf import OmegaConf
 
     from initopt.compose import JobConfigs, sweep_jobs
+    from initopt.values import values_of
 
     loader, master = hydra_loader_and_master(sweep)
     jobs = sweep_jobs(loader, master)
@@ -77,6 +78,9 @@ def test_the_fast_composition_equals_hydras_for_every_job(sweep):
         OmegaConf.set_readonly(hydras_task, True)  # a job's config is shared read-only
         assert list(_nodes(task)) == list(_nodes(hydras_task)), job  # flags and schema types too
         assert choices == dict(hydra.hydra.runtime.choices)
+        assert composer.config_yaml(task) == OmegaConf.to_yaml(hydras_task), job  # .hydra/config.yaml
+        if not OmegaConf.is_missing(hydras_task, "model"):  # (a job with a group deleted cannot be read)
+            assert composer.values(task) == values_of(hydras_task), job
     assert composer.compositions <= len(jobs)  # at most one per set of config-group choices (the next tests)
 
 
@@ -206,6 +210,8 @@ def test_yaml_text_equals_omegaconfs(value):
     assert yamltext.config_yaml(cfg) == OmegaConf.to_yaml(cfg)
     nested = {"hydra": {"job": {"value": value, "list": [value, {"k": value}], "empty": [], "none": {}}}}
     assert yamltext.plain_yaml(nested) == OmegaConf.to_yaml(nested)
+    items = {"a": value, "b": [value], "c": {}, "d": nested, "e": 1, "f": 1.0, "g": "1"}
+    assert yamltext.mapping_yaml(items) == yamltext.mapping_yaml(items) == OmegaConf.to_yaml(items)  # item by item
     assert yamltext.plain_yaml([value]) == OmegaConf.to_yaml(OmegaConf.create([value]))
 
 

@@ -66,3 +66,29 @@ def test_a_runs_config_is_frozen_and_its_values_read_once():
     member = OmegaConf.merge(run_cfg, {"seed": 2, "replicas": 1})
     assert composer.values(member) is composer.values(member) and composer.values(member).seed == 2
 
+
+
+def test_a_literal_jobs_values_and_yaml_are_its_bases_with_its_own_values_put_in(monkeypatch):
+    """A job whose base and values hold no interpolation: its values are its base's (read once) with
+    the values it sets read from it, and its YAML is written item by item from them; a job with an
+    interpolation is read whole. Either way the same as reading the job's config itself."""
+    from initopt import compose
+    from initopt.checks import compose_master
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = compose_master(["init=he,zero", "optim.lr=1,0.5", "model.hidden=[3],[4,5]", "+x=3,${seed}"],
+                                    multirun=True)
+    composer = JobConfigs()
+    jobs = [composer.task_config(loader, master, job)[0] for job in sweep_jobs(loader, master)]
+    expected = [(values_of(c), OmegaConf.to_yaml(c)) for c in jobs]
+    read_whole = []
+    monkeypatch.setattr(compose, "values_of", lambda c: read_whole.append(c) or values_of(c))
+    got = [(composer.values(c), composer.config_yaml(c)) for c in jobs]
+    assert got == expected
+    assert [repr(v) for v, _ in got] == [repr(v) for v, _ in expected]  # 1.0 stays 1.0, not 1
+    assert len(read_whole) == len(jobs) // 2 and all(OmegaConf.is_interpolation(c, "x") for c in read_whole)
+    whole = {id(c) for c in read_whole}  # only the interpolated half was read whole
+    literal = [v for (v, _), c in zip(got, jobs) if id(c) not in whole]
+    assert len(literal) == len(jobs) // 2 and all(v.optim.lr in (1.0, 0.5) and type(v.optim.lr) is float
+                                                     for v in literal)
+    assert literal[0].data is literal[1].data  # what a job does not set is its base's, shared

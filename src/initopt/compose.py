@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from enum import Enum
 
 from hydra.core.default_element import ConfigDefault
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from initopt import hydra_compat, yamltext
-from initopt.values import Values, values_of
+from initopt.values import Values, literal_values, values_of, with_value
+
+_UNREAD = object()
 
 
 @dataclass
@@ -46,6 +49,14 @@ class Base:
     assembled: bool = False  # assembled from composed bases (never a donor itself)
     _task_pickle: bytes | None = None
     _dirname: tuple | None = None
+    _literal: object = _UNREAD
+
+    def literal_values(self) -> Values | None:
+        """:attr:`task`'s values when it holds no interpolation and no missing value, read once (a
+        job's values are then these with its own values put in), else None."""
+        if self._literal is _UNREAD:
+            self._literal = literal_values(self.task)
+        return self._literal
 
     def dirname_settings(self) -> tuple[str, str, list[str]]:
         """``hydra.job.config.override_dirname``'s separators and excluded keys, read once (its
@@ -74,6 +85,7 @@ class JobConfigs:
         self._overrides: dict[str, Override] = {}  # an override as typed -> parsed
         self._groups: dict[str, bool] = {}  # an override's key -> whether it names a config group
         self._derived: dict[int, tuple[DictConfig, dict]] = {}  # id(task config) -> it, what was derived from it
+        self._literal_jobs: dict[int, tuple[DictConfig, Base, list[str]]] = {}  # id(task config) -> it, base, keys set
         self._local: dict[tuple, bool] = {}  # (group, option) -> whether the option writes its group's node only
         self.compositions = 0  # full Hydra compositions made
         self.assembled = 0  # bases assembled from composed ones instead
@@ -238,7 +250,15 @@ class JobConfigs:
             hydra_compat.apply_value_overrides(values, cfg)
             OmegaConf.set_readonly(cfg, True)  # shared by every user in this process: never changed
             self._tasks[key] = (cfg, base.choices)
+            if all("$" not in o.input_line and "???" not in o.input_line for o in values):
+                self._literal_jobs[id(cfg)] = (cfg, base, [o.key_or_group for o in values])
         return self._tasks[key]
+
+    def _literal_job(self, cfg: DictConfig) -> tuple[Base, list[str]] | None:
+        """A job's base and the keys its values set, when its base is literal (see
+        :meth:`Base.literal_values`) and so are its values (neither an interpolation nor ``???``)."""
+        held, base, keys = self._literal_jobs.get(id(cfg), (None, None, None))
+        return (base, keys) if held is cfg and base.literal_values() is not None else None
 
     def derived(self, cfg: DictConfig, name: str, compute):
         """``compute(cfg)``, computed once per process for a read-only config (a job's task config,
@@ -259,12 +279,28 @@ class JobConfigs:
     def values(self, cfg: DictConfig) -> Values:
         """``cfg``'s values as plain data (:func:`initopt.values.values_of`), once per job's task
         config (:meth:`derived`): its checks, HParams values, fingerprint and group key read them."""
-        return self.derived(cfg, "values", values_of)
+        return self.derived(cfg, "values", self._values_of)
+
+    def _values_of(self, cfg: DictConfig) -> Values:
+        """A literal job's values are its base's with each value it sets read from it (~0.1 ms, not
+        the ~1 ms of reading every node); any other config's, read whole."""
+        literal = self._literal_job(cfg)
+        if literal is None:
+            return values_of(cfg)
+        values = literal[0].literal_values()
+        for key in literal[1]:
+            path = key.split(".")
+            if not _has_path(values, path):
+                return values_of(cfg)
+            values = with_value(values, path, _plain(OmegaConf.select(cfg, key, throw_on_missing=True)))
+        return values
 
     def config_yaml(self, cfg: DictConfig) -> str:
         """``OmegaConf.to_yaml(cfg)``, once per job's task config (:meth:`derived`): it is written
-        to ``.hydra/config.yaml`` and as the run's ``config`` text."""
-        return self.derived(cfg, "yaml", yamltext.config_yaml)
+        to ``.hydra/config.yaml`` and as the run's ``config`` text. A literal job's YAML is its values'
+        (unresolved and resolved are the same), written item by item (:func:`yamltext.mapping_yaml`)."""
+        return self.derived(cfg, "yaml", lambda c: yamltext.mapping_yaml(self.values(c))
+                            if self._literal_job(c) else yamltext.config_yaml(c))
 
     def job_hydra(self, loader, master: DictConfig, overrides: list[str]) -> tuple[Base, list[str], str]:
         """What a job's Hydra node has beyond its base's: its base, its task overrides
@@ -286,6 +322,22 @@ class JobConfigs:
             cfg.hydra.job.override_dirname = dirname
         OmegaConf.copy_cache(from_config=master, to_config=cfg)
         return cfg
+
+
+def _has_path(values: Values, path: list[str]) -> bool:
+    for key in path:
+        if not isinstance(values, dict) or key not in values:
+            return False
+        values = values[key]
+    return True
+
+
+def _plain(value):
+    """A value read from a config as :func:`initopt.values.values_of` reads it (containers as plain
+    data, an enum as its name)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True, throw_on_missing=True, enum_to_str=True)
+    return value.name if isinstance(value, Enum) else value
 
 
 # Sweepers that expand a sweep as the basic one does (initopt's population sweeper is one).
