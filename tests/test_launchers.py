@@ -299,3 +299,39 @@ def test_an_untested_hydra_version_is_refused_in_one_line():
     with pytest.raises(UntestedHydra) as info:
         check_version("1.4.0")
     assert "\n" not in str(info.value) and "hydra-core 1.4.0" in str(info.value) and "1.3.x" in str(info.value)
+
+
+def test_the_start_up_loader_reads_each_config_file_once_and_hands_out_copies():
+    """initopt's config loader keeps one repository per primary config: a second composition
+    reads no file again, yet equals a fresh loader's, and changing one composition's config leaves
+    the next one untouched; a command line that sets hydra.searchpath is composed Hydra's way."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra.types import RunMode
+
+    from initopt import hydra_compat
+    from initopt.config import register_schemas
+
+    register_schemas()
+    reads = []
+    original = ConfigRepository.load_config
+
+    def counting(self, config_path):
+        reads.append(config_path)
+        return original(self, config_path)
+
+    loader = hydra_compat.config_loader("pkg://initopt.conf")
+    fresh = hydra_compat.config_loader("pkg://initopt.conf")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ConfigRepository, "load_config", counting)
+        first = loader.load_configuration("train", ["init=he", "optim=adam"], run_mode=RunMode.RUN)
+        read_first = len(reads)
+        first.optim.lr = 123.0  # a composition's config is its own
+        second = loader.load_configuration("train", ["init=he", "optim=adam", "seed=4"], run_mode=RunMode.RUN)
+        assert len(reads) == read_first > 0  # nothing read again
+        reads.clear()
+        searchpath = loader.load_configuration("train", ["hydra.searchpath=[pkg://initopt.conf]"], run_mode=RunMode.RUN)
+        assert reads  # its own repository: files read anew
+    expected = fresh.load_configuration("train", ["init=he", "optim=adam", "seed=4"], run_mode=RunMode.RUN)
+    assert comparable(second) == comparable(expected) and second.optim.lr != 123.0
+    assert list(_nodes(second)) == list(_nodes(expected))
+    assert searchpath.hydra.searchpath == ["pkg://initopt.conf"]
