@@ -333,5 +333,5 @@ def test_the_start_up_loader_reads_each_config_file_once_and_hands_out_copies():
         assert reads  # its own repository: files read anew
     expected = fresh.load_configuration("train", ["init=he", "optim=adam", "seed=4"], run_mode=RunMode.RUN)
     assert comparable(second) == comparable(expected) and second.optim.lr != 123.0
-    assert list(_nodes(second)) == list(_nodes(expected))
+    assert list(_nodes(_task(second))) == list(_nodes(_task(expected)))  # flags and schema types too
     assert searchpath.hydra.searchpath == ["pkg://initopt.conf"]

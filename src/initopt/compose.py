@@ -86,6 +86,7 @@ class JobConfigs:
         self._groups: dict[str, bool] = {}  # an override's key -> whether it names a config group
         self._derived: dict[int, tuple[DictConfig, dict]] = {}  # id(task config) -> it, what was derived from it
         self._literal_jobs: dict[int, tuple[DictConfig, Base, list[str]]] = {}  # id(task config) -> it, base, keys set
+        self._masters: dict[int, tuple] = {}  # id(master config) -> it, its overrides node, their number, key
         self._local: dict[tuple, bool] = {}  # (group, option) -> whether the option writes its group's node only
         self.compositions = 0  # full Hydra compositions made
         self.assembled = 0  # bases assembled from composed ones instead
@@ -132,9 +133,9 @@ class JobConfigs:
     def _base(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:
         from hydra.core.utils import JobRuntime
 
+        config_name, hydra_overrides = self._master_key(master)
         # the config, and the task name Hydra gives a job whose config does not name it
-        name = (master.hydra.job.config_name, JobRuntime.instance().get("name"))
-        hydra_overrides = tuple(raw(master.hydra.overrides.hydra))
+        name = (config_name, JobRuntime.instance().get("name"))
         key = (name, structural, hydra_overrides)
         if key not in self._bases:
             older = self._patchable(loader, name, structural, hydra_overrides)
@@ -142,6 +143,17 @@ class JobConfigs:
                 self._assembled(loader, name, structural, hydra_overrides) or \
                 self._composed(loader, master, structural)
         return self._bases[key]
+
+    def _master_key(self, master: DictConfig) -> tuple[str, tuple[str, ...]]:
+        """The master config's name and ``hydra.*`` overrides (~0.25 ms to read, asked a few times
+        per job), read again only when its overrides node is another or of another length (the
+        HParams callback appends one to it, or sets a new list)."""
+        node = master._get_node("hydra")._get_node("overrides")._get_node("hydra")
+        held = self._masters.get(id(master))
+        if held is None or held[0] is not master or held[1] is not node or held[2] != len(node):
+            held = self._masters[id(master)] = (master, node, len(node),
+                                                (master.hydra.job.config_name, tuple(raw(node))))
+        return held[3]
 
     def _composed(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:
         cfg = loader.load_sweep_config(master, list(structural))
@@ -242,7 +254,7 @@ class JobConfigs:
     # ------------------------------------------------------------------ jobs
     def task_config(self, loader, master: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict]:
         """The job's config without Hydra's node, and its group choices (one object per job, shared)."""
-        key = (master.hydra.job.config_name, tuple(overrides))
+        key = (self._master_key(master)[0], tuple(overrides))
         if key not in self._tasks:
             _, values, structural = self._split(loader, overrides)
             base = self._base(loader, master, structural)
