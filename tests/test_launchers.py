@@ -128,6 +128,33 @@ def test_a_grid_of_group_options_is_composed_once_per_option_and_assembled():
     assert composer.assembled == 0
 
 
+def test_a_jobs_values_are_applied_from_the_longest_run_of_leading_values_two_jobs_share(monkeypatch):
+    """Jobs of one base share their leading values; the config after such a run is kept (from the
+    second job that applies it) and later jobs apply only the rest, equal to Hydra's all the same."""
+    from initopt import hydra_compat
+    from initopt.compose import JobConfigs, sweep_jobs
+
+    loader, master = hydra_loader_and_master(["model.hidden=[8]", "steps=3", "optim.lr=0.1,0.2", "seed=0,1,2"])
+    applied = []
+    apply = hydra_compat.apply_value_overrides
+    monkeypatch.setattr(hydra_compat, "apply_value_overrides", lambda o, c: applied.append(len(o)) or apply(o, c))
+    composer = JobConfigs()
+    jobs = sweep_jobs(loader, master)
+    tasks = [composer.task_config(loader, master, job)[0] for job in jobs]
+    # 4 values a job: the 1st and 2nd job apply all 4, the 3rd its seed; lr=0.2's first two apply
+    # lr and seed, the last its seed: 14 applications, not 24
+    assert sum(applied) == 4 + 4 + 1 + 2 + 2 + 1
+    for job, task in zip(jobs, tasks):
+        assert list(_nodes(task)) == list(_nodes(_readonly(_task(loader.load_sweep_config(master, job))))), job
+
+
+def _readonly(cfg):
+    from omegaconf import OmegaConf
+
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
 def test_a_hydra_value_added_after_composing_updates_the_bases_without_composing_again():
     """The HParams callback adds the run names' exclude_keys after the start-up checks composed
     every job: the launcher's configs must equal Hydra's under the new master, at no new composition."""
@@ -307,6 +334,7 @@ def test_the_start_up_loader_reads_each_config_file_once_and_hands_out_copies():
     the next one untouched; a command line that sets hydra.searchpath is composed Hydra's way."""
     from hydra._internal.config_repository import ConfigRepository
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     from initopt import hydra_compat
     from initopt.config import register_schemas
@@ -333,5 +361,7 @@ def test_the_start_up_loader_reads_each_config_file_once_and_hands_out_copies():
         assert reads  # its own repository: files read anew
     expected = fresh.load_configuration("train", ["init=he", "optim=adam", "seed=4"], run_mode=RunMode.RUN)
     assert comparable(second) == comparable(expected) and second.optim.lr != 123.0
+    for cfg in (second, expected):
+        OmegaConf.clear_cache(cfg)  # ${now:...} as resolved at each composition's second
     assert list(_nodes(_task(second))) == list(_nodes(_task(expected)))  # flags and schema types too
     assert searchpath.hydra.searchpath == ["pkg://initopt.conf"]
