@@ -75,3 +75,39 @@ def test_runs_read_in_worker_processes_equal_runs_read_here(tmp_path, monkeypatc
                 assert np.array_equal(getattr(got.scalars[tag], field), getattr(series, field))
         assert [(e.step, e.tensor_proto) for e in got.histograms["weights/fc1.weight"]] == \
             [(e.step, e.tensor_proto) for e in here.histograms["weights/fc1.weight"]]
+
+
+def test_rows_of_scalars_read_in_bulk_equal_tensorboards_reading(tmp_path):
+    """Rows of scalars are read with numpy (:func:`initopt.tbread.scalar_rows`) when every byte but
+    their wall time, step and floats is their layout's: tag lists of equal length, steps of 1-3
+    varint bytes and step 0, zeros (which protobuf leaves out of an event it writes), inf and nan,
+    and events written one by one all read as TensorBoard reads them, in the files' order."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    from initopt import tbread
+
+    logger = RunLogger(tmp_path, ["0.weight", "2.weight"])
+    steps = np.array([0, 1, 2, 127, 128, 300, 16383, 16384, 20000])
+    table = np.column_stack([steps * 0.5, np.where(steps % 2 == 0, 0.0, steps * 1e-3)])
+    table[3, 0], table[4, 1] = np.inf, np.nan
+    logger.write_rows(["grad_norm/0.weight", "grad_norm/2.weight"], steps, table)
+    logger.write_rows(["grad_norm/2.weight", "grad_norm/0.weight"], steps[:4] + 5, table[:4])  # same length
+    for step in (1, 200, 20001):  # events of one tag list, built by the protobuf library
+        logger.write_scalars(step, ["loss/batch", "loss/test"], [0.0, step / 3])
+    logger.events.write(Event(wall_time=time.time(), step=7, summary=histogram_summary(
+        "weights/0.weight", np.array([0.0, 1.0, 0.0, 0.0, 1.0, 2.0, 1.0]), 4)))
+    logger.close()
+
+    data = logger.events.path.read_bytes()
+    spans = tbread.record_spans(data)
+    in_bulk = sum(len(r.index) for r in tbread.scalar_rows(data, spans))
+    assert in_bulk >= len(steps) + 4 + 1  # the rows (step 0 and zero floats aside) and the events
+
+    mine, theirs = read_run_events(tmp_path), accumulator(tmp_path)
+    assert sorted(mine.scalars) == sorted(theirs.Tags()["scalars"])
+    for tag, series in mine.scalars.items():
+        events = theirs.Scalars(tag)
+        assert series.steps.tolist() == [e.step for e in events], tag
+        assert np.array_equal(series.values, [e.value for e in events], equal_nan=True), tag
+        assert series.walltimes.tolist() == [e.wall_time for e in events], tag
+    assert [e.step for e in mine.histograms["weights/0.weight"]] == [7]

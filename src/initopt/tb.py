@@ -64,6 +64,7 @@ from torch.utils.tensorboard.summary import custom_scalars
 from initopt.hparams import METRICS, Column, Session
 from initopt.layerstats import HIST_FIELDS, Histograms, ParamStats
 from initopt.probes import StepRecords
+from initopt.tbread import row_summary, varint
 
 EVAL_TAGS = ("loss/train", "loss/test", "accuracy/train", "accuracy/test")
 HEATMAP_TAG = "heatmap/grad_norm"
@@ -318,16 +319,6 @@ def read_experiment(directory: Path) -> list[Column] | None:
 
 
 # ------------------------------------------------------------------------------ a run
-def _varint(n: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative integer."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _varint_lengths(values: np.ndarray) -> np.ndarray:
     """Bytes of each positive int64's varint: 1 below 2^7, 2 below 2^14, ..."""
     return 1 + sum((values >= 1 << (7 * i)).astype(np.int64) for i in range(1, 10))
@@ -373,12 +364,11 @@ class ScalarRows:
         self.events = events
         self._event = Event(summary=_scalars(tags, [0.0] * len(tags)))
         self._slots = list(self._event.summary.value)
-        values = [b"\x0a" + _varint(len(t.encode())) + t.encode() + b"\x15" + bytes(4) for t in tags]
-        summary = b"".join(b"\x0a" + _varint(len(v)) + v for v in values)
-        self._fast = summary == self._event.summary.SerializeToString()
-        self._summary = np.frombuffer(b"\x2a" + _varint(len(summary)) + summary, np.uint8)
-        ends = np.cumsum([1 + len(_varint(len(v))) + len(v) for v in values])
-        self._value_cols = ((len(self._summary) - len(summary) + ends - 4)[:, None] + np.arange(4)).ravel()
+        field, offsets = row_summary(tags)
+        summary = self._event.summary.SerializeToString()  # the layout checked against protobuf's own
+        self._fast = field == b"\x2a" + varint(len(summary)) + summary
+        self._summary = np.frombuffer(field, np.uint8)
+        self._value_cols = (offsets[:, None] + np.arange(4)).ravel()
 
     def write(self, steps: np.ndarray, walltimes: np.ndarray, table: np.ndarray) -> None:
         """Row i of ``table`` at ``steps[i]``, stamped ``walltimes[i]``."""

@@ -13,10 +13,14 @@ reservoir), minutes for such a sweep. This reader gives the same series in the s
   step >= s (``EventAccumulator``'s ``purge_orphaned_data`` for event files of version 2, which
   purges its scalar reservoirs; histogram-plugin tensors are kept, as it keeps them);
 * scalars are the ``simple_value`` summaries; histograms the tensors of tags whose summary
-  metadata names the ``histograms`` plugin.
+  metadata names the ``histograms`` plugin;
+* records that are rows of scalars (an event of float ``simple_value`` summaries and nothing else,
+  byte for byte the protobuf library's layout: what initopt writes every step) are read in bulk
+  with numpy (:func:`scalar_rows`), every other record through the protobuf library: the study's
+  runs read ~3x faster (a 1,500-step run ~15 ms, not ~45-55).
 
 A sweep's runs are read in worker processes, one per core, when there is enough to read
-(:func:`read_runs`): the study's 600 runs are ~8.5 million values, each a few Python operations.
+(:func:`read_runs`): the study's 600 runs are ~8.5 million values in ~10^6 records.
 
 The contract: ``tests/test_tbread.py`` compares it with ``EventAccumulator`` on a resumed run.
 """
@@ -71,21 +75,25 @@ def _unmask(crc: int) -> int:
     return ((rot << 15) | (rot >> 17)) & 0xFFFFFFFF
 
 
+def record_spans(data: bytes) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the data of each whole, checksum-correct record of a TFRecord file's
+    bytes, up to the first that is not."""
+    spans, at, end = [], 0, len(data)
+    header, footer, crc32c = HEADER.unpack_from, FOOTER.unpack_from, google_crc32c.value
+    while at + HEADER.size <= end:
+        start = at + HEADER.size
+        stop = start + header(data, at)[0]
+        if stop + FOOTER.size > end or crc32c(data[start:stop]) != _unmask(footer(data, stop)[0]):
+            break
+        spans.append((start, stop))
+        at = stop + FOOTER.size
+    return spans
+
+
 def records(path: Path) -> list[bytes]:
     """The whole, checksum-correct records of one TFRecord file, up to the first that is not."""
     data = Path(path).read_bytes()
-    out, at, end = [], 0, len(data)
-    while at + HEADER.size <= end:
-        length, _ = HEADER.unpack_from(data, at)
-        start, stop = at + HEADER.size, at + HEADER.size + length
-        if stop + FOOTER.size > end:
-            break
-        body = data[start:stop]
-        if google_crc32c.value(body) != _unmask(FOOTER.unpack_from(data, stop)[0]):
-            break
-        out.append(body)
-        at = stop + FOOTER.size
-    return out
+    return [data[a:b] for a, b in record_spans(data)]
 
 
 def event_files(run_dir: Path) -> list[Path]:
@@ -93,40 +101,185 @@ def event_files(run_dir: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
+# ------------------------------------------------------------------- rows of scalars, in bulk
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def row_summary(tags: list[str]) -> tuple[bytes, np.ndarray]:
+    """An ``Event``'s summary field (``0x2a <len> <Summary>``) holding one float32 ``simple_value``
+    per tag, each value ``0x0a <len> 0x0a <len> <tag> 0x15 <f32>``, the floats zero; and the offset
+    of each float's 4 bytes in it. The layout of a row of scalars as the protobuf library writes it
+    (:class:`initopt.tb.ScalarRows` writes by it, :func:`scalar_rows` reads by it)."""
+    values = [b"\x0a" + varint(len(t.encode())) + t.encode() + b"\x15" + bytes(4) for t in tags]
+    summary = b"".join(b"\x0a" + varint(len(v)) + v for v in values)
+    field = b"\x2a" + varint(len(summary)) + summary
+    ends = np.cumsum([1 + len(varint(len(v))) + len(v) for v in values])
+    return field, len(field) - len(summary) + ends - 4
+
+
+@dataclass
+class Rows:
+    """Records of one event file that are rows of the same scalars (``0x09 <wall_time f64> 0x10
+    <step varint>`` then :func:`row_summary` of ``tags``): their record numbers, and their numbers."""
+
+    tags: list[str]
+    index: np.ndarray
+    steps: np.ndarray
+    walltimes: np.ndarray
+    values: np.ndarray  # (n, len(tags)): the float32s stored, in float64
+
+
+MAX_LAYOUTS = 16  # layouts looked for among the records of one length (the rest: read one by one)
+
+
+def scalar_rows(data: bytes, spans: list[tuple[int, int]]) -> list[Rows]:
+    """The records of one file's bytes that are rows of scalars, found and read with numpy (a run
+    logs a row of ~10 scalars a step: the study's runs hold ~10^7 values, ~3 us each through the
+    protobuf library).
+
+    A record is taken for a row only when every byte of it is its layout's (tags, field numbers and
+    lengths) but for its wall time, step and floats: what the protobuf library reads from it is then
+    exactly those numbers. Candidates are grouped by step varint length and record length; in each
+    group the first record not yet placed is parsed to learn its tags, and every record of the group
+    matching that layout is read at once."""
+    if not spans:
+        return []
+    buf = np.frombuffer(data, np.uint8)
+    starts = np.array([a for a, _ in spans], np.int64)
+    lengths = np.array([b - a for a, b in spans], np.int64)
+    room = lengths >= 16
+    head = np.zeros((len(spans), 15), np.uint8)
+    head[room] = buf[starts[room, None] + np.arange(15)]
+    ends = head[:, 10:14] < 0x80  # the step varint (bytes 10..13) ends at its first byte below 0x80
+    vlen = np.where(ends.any(axis=1), ends.argmax(axis=1) + 1, 0)
+    candidate = room & (head[:, 0] == 0x09) & (head[:, 9] == 0x10) & (vlen > 0)
+    candidate[candidate] = head[candidate, 10 + vlen[candidate]] == 0x2A
+    index = np.flatnonzero(candidate)
+    shapes = (vlen[index] << 32) + lengths[index]  # (step varint length, record length)
+    out = []
+    for shape in np.unique(shapes).tolist():
+        members = index[shapes == shape]
+        k = shape >> 32
+        out += _rows_of_group(data, buf, starts[members], members, k, int(lengths[members[0]]) - 10 - k)
+    return out
+
+
+def _rows_of_group(data: bytes, buf: np.ndarray, starts: np.ndarray, index: np.ndarray, k: int,
+                   size: int) -> list[Rows]:
+    # the records' bytes after the step, a row each (joined slices: a fancy index is ~5x slower)
+    fields = np.frombuffer(b"".join([data[a:a + size] for a in (starts + 10 + k).tolist()]), np.uint8)
+    fields = fields.reshape(len(index), size)
+    open_ = np.ones(len(index), bool)
+    out = []
+    for _ in range(MAX_LAYOUTS):
+        if not open_.any():
+            break
+        first = int(np.flatnonzero(open_)[0])
+        open_[first] = False
+        tags = _row_tags(data[starts[first]:starts[first] + 10 + k + size])
+        if tags is None:
+            continue
+        field, offsets = row_summary(tags)
+        if len(field) != size:
+            continue
+        value_cols = (offsets[:, None] + np.arange(4)).ravel()
+        fixed = np.ones(size, bool)
+        fixed[value_cols] = False
+        match = np.all(fields[:, fixed] == np.frombuffer(field, np.uint8)[fixed], axis=1)
+        if not match[first]:
+            continue
+        match &= open_ | (np.arange(len(index)) == first)
+        open_ &= ~match
+        at = starts[match]
+        walls = buf[at[:, None] + np.arange(1, 9)].copy().view("<f8").ravel()
+        varints = buf[at[:, None] + 10 + np.arange(k)].astype(np.int64)
+        steps = sum((varints[:, i] & 0x7F) << (7 * i) for i in range(k))
+        floats = fields[match][:, value_cols].copy().view("<f4").reshape(len(at), len(tags))
+        out.append(Rows(tags, index[match], steps, walls.astype(float), floats.astype(float)))
+    return out
+
+
+def _row_tags(body: bytes) -> list[str] | None:
+    """The tags of an event that holds nothing but a summary of float scalars, else None."""
+    event = Event.FromString(body)
+    if event.WhichOneof("what") != "summary" or event.HasField("source_metadata"):
+        return None
+    tags = []
+    for value in event.summary.value:
+        if value.WhichOneof("value") != "simple_value" or value.HasField("metadata") or value.node_name:
+            return None
+        tags.append(value.tag)
+    return tags or None
+
+
+# ------------------------------------------------------------------------------ a run
 def read_run_events(run_dir: Path) -> RunEvents:
-    """Every scalar series and histogram of ``run_dir`` (see the module doc)."""
-    scalars: dict[str, list[tuple[int, float, float]]] = {}
+    """Every scalar series and histogram of ``run_dir`` (see the module doc): rows of scalars read
+    in bulk (:func:`scalar_rows`), every other record through the protobuf library, each value
+    numbered by its record's place in the run so that the series keep the files' order."""
+    pieces: dict[str, list[tuple[np.ndarray, ...]]] = {}  # tag -> (record number, step, wall, value)
     histograms: dict[str, list[TensorEvent]] = {}
     plugin: dict[str, str] = {}
+    restarts: list[tuple[int, int]] = []  # (record number, step) of each SessionLog.START
+    base = 0
     for path in event_files(run_dir):
-        for body in records(path):
-            event = Event.FromString(body)
+        data = path.read_bytes()
+        spans = record_spans(data)
+        rows = scalar_rows(data, spans)
+        layout = np.full(len(spans), -1, np.int64)
+        for r, block in enumerate(rows):
+            layout[block.index] = r
+            for j, tag in enumerate(block.tags):
+                piece = (base + block.index, block.steps, block.walltimes, block.values[:, j])
+                pieces.setdefault(tag, []).append(piece)
+        slow: dict[str, list[tuple[int, int, float, float]]] = {}
+        met = [False] * len(rows)
+        for i, r in enumerate(layout.tolist()):
+            if r >= 0:
+                if not met[r]:  # a tag's first summary carries its plugin's metadata (a row's: none)
+                    met[r] = True
+                    for tag in rows[r].tags:
+                        plugin.setdefault(tag, "")
+                continue
+            a, b = spans[i]
+            event = Event.FromString(data[a:b])
             if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-                _purge(scalars, event.step)
+                restarts.append((base + i, event.step))
             step, wall = event.step, event.wall_time
-            for value in event.summary.value:  # ~14,000 values a 1,500-step run: kept lean
+            for value in event.summary.value:
                 tag = value.tag
-                if tag not in plugin:  # the first summary of a tag carries its plugin's metadata
+                if tag not in plugin:
                     plugin[tag] = value.metadata.plugin_data.plugin_name
                 kind = value.WhichOneof("value")
                 if kind == "simple_value":
-                    rows = scalars.get(tag)
-                    if rows is None:
-                        rows = scalars[tag] = []
-                    rows.append((step, wall, value.simple_value))
+                    slow.setdefault(tag, []).append((base + i, step, wall, value.simple_value))
                 elif kind == "tensor" and plugin[tag] == "histograms":
                     histograms.setdefault(tag, []).append(TensorEvent(wall, step, value.tensor))
-    return RunEvents({tag: _series(rows) for tag, rows in scalars.items()}, histograms)
+        for tag, found in slow.items():
+            index, steps, walls, values = zip(*found)
+            pieces.setdefault(tag, []).append((np.array(index), np.array(steps), np.array(walls, float),
+                                               np.array(values, float)))
+        base += len(spans)
+    return RunEvents({tag: _series(parts, restarts) for tag, parts in pieces.items()}, histograms)
 
 
-def _purge(scalars: dict, step: int) -> None:
-    for tag, rows in scalars.items():
-        scalars[tag] = [r for r in rows if r[0] < step]
-
-
-def _series(rows: list[tuple[int, float, float]]) -> Series:
-    steps, walls, values = zip(*rows) if rows else ((), (), ())
-    return Series(np.array(steps, np.int64), np.array(walls, float), np.array(values, float))
+def _series(parts: list[tuple[np.ndarray, ...]], restarts: list[tuple[int, int]]) -> Series:
+    """One tag's values in record order, less those a resumed run superseded (recorded before a
+    ``SessionLog.START`` at a step at or after its step)."""
+    index, steps, walls, values = (np.concatenate(column) for column in zip(*parts))
+    order = np.argsort(index, kind="stable")
+    index, steps, walls, values = index[order], steps[order].astype(np.int64), walls[order], values[order]
+    keep = np.ones(len(index), bool)
+    for at, step in restarts:
+        keep &= ~((index < at) & (steps >= step))
+    return Series(steps[keep], walls[keep], values[keep])
 
 
 def read_runs(run_dirs: list[Path]) -> list[RunEvents]:
