@@ -173,6 +173,30 @@ def test_a_refused_command_line_answers_without_importing_torch(tmp_path, args):
     assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
 
 
+# ``python -c`` this, then the command line: main, then whether torch was imported and how many
+# objects the garbage collector was told to leave alone (gc.freeze)
+MAIN_THEN_FROZEN = """
+import gc, sys
+from initopt.train import main
+try:
+    main()
+finally:
+    print("torch imported:", "torch" in sys.modules, "frozen:", gc.get_freeze_count() > 10000)
+"""
+
+
+@pytest.mark.parametrize(("args", "trains"), [(["--help"], False), (["--cfg", "job"], False),
+                                              (["steps=2", "model.hidden=[4]", "hydra.run.dir=r"], True)])
+def test_a_training_command_freezes_what_outlives_it_and_a_help_command_imports_no_torch(tmp_path, args, trains):
+    """Torch is imported with the collector paused and the objects alive then frozen (no full
+    collection walks them again, nor Python's exit); a command that only shows something imports
+    no torch at all."""
+    proc = run_python("-c", MAIN_THEN_FROZEN, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"torch imported: {trains} frozen:") and (last.endswith("True") or not trains)
+
+
 def test_missing_dataset_files_fail_fast_with_where_to_put_them(tmp_path):
     proc = run_cli("data=cifar10", f"data.root={tmp_path}/nothing", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
