@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.proto.event_pb2 import Event
 
 from initopt.tb import RunLogger, histogram_summary
-from initopt.tbread import read_run_events
+from initopt.tbread import event_files, read_run_events
 
 TAGS = ["loss/batch", "grad_norm/fc1.weight"]
 
@@ -51,6 +51,20 @@ def test_a_resumed_run_with_a_torn_last_record_reads_as_tensorboard_reads_it(tmp
     assert sorted(mine.histograms) == sorted(theirs.PluginTagToContent("histograms"))
     for tag, events in mine.histograms.items():
         assert [(e.step, e.tensor_proto) for e in events] == [(e.step, e.tensor_proto) for e in theirs.Tensors(tag)]
+
+
+def test_a_processes_event_files_sort_in_the_order_it_made_them(tmp_path):
+    """TensorBoard (and initopt's reader) read a run's files in name order: a run resumed in the
+    same second by the same process (file 10 after file 9) must not sort before the first."""
+    import itertools
+
+    import initopt.tb as tb
+
+    tb._file_counter = itertools.count(9)
+    first, second = RunLogger(tmp_path, ["fc1.weight"]), RunLogger(tmp_path, ["fc1.weight"], resume_step=1)
+    first.close()
+    second.close()
+    assert [p.name for p in event_files(tmp_path)] == [first.events.path.name, second.events.path.name]
 
 
 def test_runs_read_in_worker_processes_equal_runs_read_here(tmp_path, monkeypatch):

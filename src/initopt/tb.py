@@ -99,7 +99,7 @@ class EventFile:
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-                f".{os.getpid()}.{next(_file_counter)}{suffix}")
+                f".{os.getpid()}.{next(_file_counter):08d}{suffix}")  # padded: name order = creation order
         self.path = logdir / name
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
