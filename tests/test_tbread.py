@@ -91,7 +91,7 @@ def test_runs_read_in_worker_processes_equal_runs_read_here(tmp_path, monkeypatc
             [(e.step, e.tensor_proto) for e in here.histograms["weights/fc1.weight"]]
 
 
-def test_rows_of_scalars_read_in_bulk_equal_tensorboards_reading(tmp_path):
+def test_rows_of_scalars_read_in_bulk_equal_tensorboards_reading(tmp_path, monkeypatch):
     """Rows of scalars are read with numpy (:func:`initopt.tbread.scalar_rows`) when every byte but
     their wall time, step and floats is their layout's: tag lists of equal length, steps of 1-3
     varint bytes and step 0, zeros (which protobuf leaves out of an event it writes), inf and nan,
@@ -112,6 +112,8 @@ def test_rows_of_scalars_read_in_bulk_equal_tensorboards_reading(tmp_path):
         "weights/0.weight", np.array([0.0, 1.0, 0.0, 0.0, 1.0, 2.0, 1.0]), 4)))
     logger.close()
 
+    one_by_one = read_run_events(tmp_path)  # groups this small are left to protobuf ...
+    monkeypatch.setattr(tbread, "MIN_ROWS", 1)  # ... here read in bulk whatever their size
     data = logger.events.path.read_bytes()
     spans = tbread.record_spans(data)
     in_bulk = sum(len(r.index) for r in tbread.scalar_rows(data, spans))
@@ -124,4 +126,5 @@ def test_rows_of_scalars_read_in_bulk_equal_tensorboards_reading(tmp_path):
         assert series.steps.tolist() == [e.step for e in events], tag
         assert np.array_equal(series.values, [e.value for e in events], equal_nan=True), tag
         assert series.walltimes.tolist() == [e.wall_time for e in events], tag
+        assert np.array_equal(series.values, one_by_one.scalars[tag].values, equal_nan=True), tag
     assert [e.step for e in mine.histograms["weights/0.weight"]] == [7]

@@ -137,6 +137,7 @@ class Rows:
 
 
 MAX_LAYOUTS = 16  # layouts looked for among the records of one length (the rest: read one by one)
+MIN_ROWS = 16  # fewer records of one length are read one by one (numpy's calls cost more than they save)
 
 
 def scalar_rows(data: bytes, spans: list[tuple[int, int]]) -> list[Rows]:
@@ -146,10 +147,11 @@ def scalar_rows(data: bytes, spans: list[tuple[int, int]]) -> list[Rows]:
 
     A record is taken for a row only when every byte of it is its layout's (tags, field numbers and
     lengths) but for its wall time, step and floats: what the protobuf library reads from it is then
-    exactly those numbers. Candidates are grouped by step varint length and record length; in each
-    group the first record not yet placed is parsed to learn its tags, and every record of the group
-    matching that layout is read at once."""
-    if not spans:
+    exactly those numbers. Candidates are grouped by step varint length and record length (a group,
+    or a file, of fewer than :data:`MIN_ROWS` records is left to protobuf); in each group the first
+    record not yet placed is parsed to learn its tags, and every record of the group matching that
+    layout is read at once."""
+    if len(spans) < MIN_ROWS:
         return []
     buf = np.frombuffer(data, np.uint8)
     starts = np.array([a for a, _ in spans], np.int64)
@@ -166,6 +168,8 @@ def scalar_rows(data: bytes, spans: list[tuple[int, int]]) -> list[Rows]:
     out = []
     for shape in np.unique(shapes).tolist():
         members = index[shapes == shape]
+        if len(members) < MIN_ROWS:
+            continue
         k = shape >> 32
         out += _rows_of_group(data, buf, starts[members], members, k, int(lengths[members[0]]) - 10 - k)
     return out
@@ -273,6 +277,9 @@ def read_run_events(run_dir: Path) -> RunEvents:
 def _series(parts: list[tuple[np.ndarray, ...]], restarts: list[tuple[int, int]]) -> Series:
     """One tag's values in record order, less those a resumed run superseded (recorded before a
     ``SessionLog.START`` at a step at or after its step)."""
+    if len(parts) == 1 and not restarts:  # one source, in record order already
+        _, steps, walls, values = parts[0]
+        return Series(steps.astype(np.int64), walls, values)
     index, steps, walls, values = (np.concatenate(column) for column in zip(*parts))
     order = np.argsort(index, kind="stable")
     index, steps, walls, values = index[order], steps[order].astype(np.int64), walls[order], values[order]
