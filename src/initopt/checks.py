@@ -276,17 +276,19 @@ def job_configs(argv_overrides: list[str], multirun: bool, config_name: str = "t
         yield JOBS.task_config(loader, master, job)[0]
 
 
-def precheck_command_line(argv: list[str]) -> None:
-    """Raise on the first job of the command line that Hydra would fail or that a check rejects."""
+def precheck_command_line(argv: list[str]) -> bool:
+    """Raise on the first job of the command line that Hydra would fail or that a check rejects;
+    return whether the command runs jobs (False: it only shows help, the config or Hydra's information)."""
     from initopt import hydra_compat
 
     args = hydra_compat.args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
-        return
+        return False
     if args.config_path or args.config_dir:  # another search path: leave it all to Hydra
-        return
+        return True
     check_overrides_parse(args.overrides)
     for i, cfg in enumerate(job_configs(args.overrides, args.multirun, args.config_name or "train")):
         check_config(cfg)
         if i == 0:
             _check_output_dir(args.overrides, args.multirun, cfg)
+    return True

@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from enum import Enum
 
 from hydra.core.default_element import ConfigDefault
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from initopt import hydra_compat, yamltext
-from initopt.values import Values, literal_values, values_of, with_value
+from initopt.values import Values, has_path, literal_values, value_of, values_of, with_value
 
 _UNREAD = object()
 
@@ -104,7 +103,6 @@ class JobConfigs:
         self._overrides: dict[str, Override] = {}  # an override as typed -> parsed
         self._groups: dict[str, bool] = {}  # an override's key -> whether it names a config group
         self._derived: dict[int, tuple[DictConfig, dict]] = {}  # id(task config) -> it, what was derived from it
-        self._literal_jobs: dict[int, tuple[DictConfig, Base, list[str]]] = {}  # id(task config) -> it, base, keys set
         self._masters: dict[int, tuple] = {}  # id(master config) -> it, its overrides node, their number, key
         self._local: dict[tuple, bool] = {}  # (group, option) -> whether the option writes its group's node only
         self.compositions = 0  # full Hydra compositions made
@@ -177,7 +175,7 @@ class JobConfigs:
     def _composed(self, loader, master: DictConfig, structural: tuple[str, ...]) -> Base:
         cfg = loader.load_sweep_config(master, list(structural))
         self.compositions += 1
-        return Base(cfg, tuple(raw(master.hydra.overrides.hydra)), _without_hydra(cfg), dict(cfg.hydra.runtime.choices))
+        return Base(cfg, self._master_key(master)[1], _without_hydra(cfg), dict(cfg.hydra.runtime.choices))
 
     # A sweep over config groups (init=zero,he optim=sgd,adam) differs from base to base only in
     # which option fills each group's node; when every option involved is *local* (its own package,
@@ -280,15 +278,16 @@ class JobConfigs:
             cfg = base.with_values(values)
             OmegaConf.set_readonly(cfg, True)  # shared by every user in this process: never changed
             self._tasks[key] = (cfg, base.choices)
-            if all("$" not in o.input_line and "???" not in o.input_line for o in values):
-                self._literal_jobs[id(cfg)] = (cfg, base, [o.key_or_group for o in values])
+            literal = all("$" not in o.input_line and "???" not in o.input_line for o in values)
+            self._derived[id(cfg)] = (cfg, {"job": (base, [o.key_or_group for o in values])} if literal else {})
         return self._tasks[key]
 
     def _literal_job(self, cfg: DictConfig) -> tuple[Base, list[str]] | None:
         """A job's base and the keys its values set, when its base is literal (see
         :meth:`Base.literal_values`) and so are its values (neither an interpolation nor ``???``)."""
-        held, base, keys = self._literal_jobs.get(id(cfg), (None, None, None))
-        return (base, keys) if held is cfg and base.literal_values() is not None else None
+        held, derived = self._derived.get(id(cfg), (None, {}))
+        base, keys = derived.get("job", (None, None)) if held is cfg else (None, None)
+        return (base, keys) if base is not None and base.literal_values() is not None else None
 
     def derived(self, cfg: DictConfig, name: str, compute):
         """``compute(cfg)``, computed once per process for a read-only config (a job's task config,
@@ -320,9 +319,9 @@ class JobConfigs:
         values = literal[0].literal_values()
         for key in literal[1]:
             path = key.split(".")
-            if not _has_path(values, path):
+            if not has_path(values, path):
                 return values_of(cfg)
-            values = with_value(values, path, _plain(OmegaConf.select(cfg, key, throw_on_missing=True)))
+            values = with_value(values, path, value_of(OmegaConf.select(cfg, key, throw_on_missing=True)))
         return values
 
     def config_yaml(self, cfg: DictConfig) -> str:
@@ -352,22 +351,6 @@ class JobConfigs:
             cfg.hydra.job.override_dirname = dirname
         OmegaConf.copy_cache(from_config=master, to_config=cfg)
         return cfg
-
-
-def _has_path(values: Values, path: list[str]) -> bool:
-    for key in path:
-        if not isinstance(values, dict) or key not in values:
-            return False
-        values = values[key]
-    return True
-
-
-def _plain(value):
-    """A value read from a config as :func:`initopt.values.values_of` reads it (containers as plain
-    data, an enum as its name)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True, throw_on_missing=True, enum_to_str=True)
-    return value.name if isinstance(value, Enum) else value
 
 
 # Sweepers that expand a sweep as the basic one does (initopt's population sweeper is one).

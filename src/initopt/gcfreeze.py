@@ -29,8 +29,8 @@ def collector_paused() -> Iterator[None]:
 
 
 def freeze_survivors() -> None:
-    """Every object alive now out of the collector's sight (``gc.freeze``): called once torch is
-    imported, when a sweep's configs are in place (the population launcher's start) and when the
-    command is done (before Python's exit)."""
+    """Every object alive now out of the collector's sight (``gc.freeze``): called by
+    :func:`initopt.train.main` once torch is imported (after the start-up checks, which hold every
+    job's config) and when the command is done (before Python's exit)."""
     gc.collect()  # what is garbage already goes first, not kept for good
     gc.freeze()

@@ -90,12 +90,6 @@ def record_spans(data: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def records(path: Path) -> list[bytes]:
-    """The whole, checksum-correct records of one TFRecord file, up to the first that is not."""
-    data = Path(path).read_bytes()
-    return [data[a:b] for a, b in record_spans(data)]
-
-
 def event_files(run_dir: Path) -> list[Path]:
     return sorted((p for p in Path(run_dir).iterdir() if "tfevents" in p.name and p.is_file()),
                   key=lambda p: p.name)

@@ -160,23 +160,16 @@ def job_failed(label: str, output_dir: Path, err: Exception) -> None:
     summary.record(output_dir, err)
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Refuse bad input before Hydra starts: one line naming key, value and what is allowed, exit 2."""
+def check_command_line(argv: list[str]) -> bool:
+    """Refuse bad input before Hydra starts: one line naming key, value and what is allowed, exit 2.
+    Whether the command runs jobs (:func:`initopt.checks.precheck_command_line`)."""
     from initopt.checks import precheck_command_line
 
     try:
-        precheck_command_line(argv)
+        return precheck_command_line(argv)
     except Exception as err:  # no traceback wall
         print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
         sys.exit(summary.EXIT_USAGE)
-
-
-def trains(argv: list[str]) -> bool:
-    """The command line trains (it does not only show help, the config or Hydra's information)."""
-    from initopt import hydra_compat
-
-    args = hydra_compat.args_parser().parse_args(argv)
-    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
 
 
 def main() -> None:
@@ -187,8 +180,7 @@ def main() -> None:
     jobs, between jobs) or after (writing the outputs) has no checkpoint to write: every lock this
     process holds is released, one line, exit 130."""
     try:
-        check_command_line(sys.argv[1:])
-        if trains(sys.argv[1:]):
+        if check_command_line(sys.argv[1:]):  # it runs jobs: torch is needed
             with collector_paused():
                 import initopt.tb  # noqa: F401 - torch and the TensorBoard writer, imported anyway
             freeze_survivors()

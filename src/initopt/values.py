@@ -11,9 +11,10 @@ types (``OmegaConf.get_type``) or writes it back as YAML reads the config itself
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class Values(dict):
@@ -36,11 +37,28 @@ def values_of(cfg: DictConfig) -> Values:
     return _wrap(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True))
 
 
+def value_of(value: Any) -> Any:
+    """One value read from a config (``OmegaConf.select``) as :func:`values_of` reads it: a node as
+    plain data, an enum as its name."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True, throw_on_missing=True, enum_to_str=True)
+    return value.name if isinstance(value, Enum) else value
+
+
 def literal_values(cfg: DictConfig) -> Values | None:
     """``values_of(cfg)`` of a config holding no interpolation and no missing value (what it holds
     is what it is: read without resolving, ~0.7 ms), else None."""
     held = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     return _wrap(held) if _literal(held) else None
+
+
+def has_path(values: Values, path: list[str]) -> bool:
+    """Each key of ``path`` names a node of the one before (where :func:`with_value` may put a value)."""
+    for key in path:
+        if not isinstance(values, dict) or key not in values:
+            return False
+        values = values[key]
+    return True
 
 
 def with_value(values: Values, path: list[str], value: Any) -> Values:

@@ -117,10 +117,7 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from initopt.gcfreeze import freeze_survivors
-
         clock = PhaseClock()
-        freeze_survivors()  # torch's, Hydra's and the checks' objects: never walked again
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
