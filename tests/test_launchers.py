@@ -328,11 +328,15 @@ def test_an_untested_hydra_version_is_refused_in_one_line():
     assert "\n" not in str(info.value) and "hydra-core 1.4.0" in str(info.value) and "1.3.x" in str(info.value)
 
 
-def test_the_start_up_loader_reads_each_config_file_once_and_hands_out_copies():
-    """initopt's config loader keeps one repository per primary config: a second composition
-    reads no file again, yet equals a fresh loader's, and changing one composition's config leaves
-    the next one untouched; a command line that sets hydra.searchpath is composed Hydra's way."""
+def test_the_loaders_of_a_process_share_files_and_compositions_and_compose_as_hydra_does(monkeypatch):
+    """initopt's config loaders (the start-up checks' and, through ``share_hydras_compositions``,
+    Hydra's own) share one repository per primary config: a later composition reads no file again,
+    merges only what follows the leading configs it shares with earlier ones, and a command line's
+    config composed twice is composed once. Every composition equals Hydra's own loader's node for
+    node, and each is its own copy; a command line that sets hydra.searchpath is composed Hydra's way."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.utils import create_config_search_path
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
@@ -340,28 +344,53 @@ def test_the_start_up_loader_reads_each_config_file_once_and_hands_out_copies():
     from initopt.config import register_schemas
 
     register_schemas()
-    reads = []
-    original = ConfigRepository.load_config
+    hydra_compat.clear_shared()
+    reads, merges, composed = [], [], []
+    monkeypatch.setattr(ConfigRepository, "load_config", counting(ConfigRepository.load_config, reads))
+    monkeypatch.setattr(ConfigLoaderImpl, "_load_single_config",
+                        counting(ConfigLoaderImpl._load_single_config, merges))
+    monkeypatch.setattr(ConfigLoaderImpl, "_load_configuration_impl",
+                        counting(ConfigLoaderImpl._load_configuration_impl, composed))
+    checks, hydras = hydra_compat.config_loader("pkg://initopt.conf"), hydra_compat.config_loader("pkg://initopt.conf")
+    hydras_own = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://initopt.conf"))
 
-    def counting(self, config_path):
-        reads.append(config_path)
-        return original(self, config_path)
+    def compose(loader, overrides, validate=True):
+        reads.clear(), merges.clear(), composed.clear()
+        return loader.load_configuration("train", overrides, run_mode=RunMode.MULTIRUN,
+                                         validate_sweep_overrides=validate)
 
-    loader = hydra_compat.config_loader("pkg://initopt.conf")
-    fresh = hydra_compat.config_loader("pkg://initopt.conf")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ConfigRepository, "load_config", counting)
-        first = loader.load_configuration("train", ["init=he", "optim=adam"], run_mode=RunMode.RUN)
-        read_first = len(reads)
-        first.optim.lr = 123.0  # a composition's config is its own
-        second = loader.load_configuration("train", ["init=he", "optim=adam", "seed=4"], run_mode=RunMode.RUN)
-        assert len(reads) == read_first > 0  # nothing read again
-        reads.clear()
-        searchpath = loader.load_configuration("train", ["hydra.searchpath=[pkg://initopt.conf]"], run_mode=RunMode.RUN)
-        assert reads  # its own repository: files read anew
-    expected = fresh.load_configuration("train", ["init=he", "optim=adam", "seed=4"], run_mode=RunMode.RUN)
-    assert comparable(second) == comparable(expected) and second.optim.lr != 123.0
-    for cfg in (second, expected):
-        OmegaConf.clear_cache(cfg)  # ${now:...} as resolved at each composition's second
-    assert list(_nodes(_task(second))) == list(_nodes(_task(expected)))  # flags and schema types too
+    def same_as_hydras(cfg, overrides):
+        expected = hydras_own.load_configuration("train", overrides, run_mode=RunMode.MULTIRUN)
+        for c in (cfg, expected):
+            OmegaConf.clear_cache(c)  # ${now:...} as resolved at each composition's second
+        return comparable(cfg) == comparable(expected) and list(_nodes(cfg)) == list(_nodes(expected))
+
+    first = compose(checks, ["init=he", "optim=adam", "hydra.mode=MULTIRUN"])
+    assert reads and len(merges) > 10 and composed
+    every = len(merges)
+    first.optim.lr = 123.0  # a composition's config is its own
+    again = compose(hydras, ["init=he", "optim=adam", "hydra.mode=MULTIRUN"], validate=False)
+    assert not composed and again.optim.lr != 123.0  # composed once: a new copy of the first
+    assert compose(hydras, ["init=he", "optim=adam"], validate=False).hydra.mode is None  # other overrides
+    assert composed and not reads  # composed anew, no file read again
+    compose(hydras, ["init=he", "optim=sgd", "seed=4"])
+    sgd = compose(hydras, ["init=he", "optim=momentum", "seed=4"])  # after the leading run init=he shares
+    assert 0 < len(merges) < every / 2
+    assert same_as_hydras(sgd, ["init=he", "optim=momentum", "seed=4"])
+    assert same_as_hydras(compose(hydras, ["init=he", "optim=adam", "hydra.mode=MULTIRUN"]),
+                          ["init=he", "optim=adam", "hydra.mode=MULTIRUN"])
+    monkeypatch.setenv("INITOPT_TEST_VARIABLE", "1")  # what a composition reads besides files: anew
+    compose(hydras, ["init=he", "optim=adam", "hydra.mode=MULTIRUN"])
+    assert composed
+    searchpath = compose(checks, ["hydra.searchpath=[pkg://initopt.conf]"])
+    assert reads  # its own repository: files read anew
     assert searchpath.hydra.searchpath == ["pkg://initopt.conf"]
+
+
+def counting(function, calls: list):
+    """``function``, noting each call in ``calls``."""
+    @functools.wraps(function)
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+    return counted

@@ -31,6 +31,7 @@ try:  # Ctrl-C while importing is one line and exit 130, not an import traceback
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
+    from initopt import hydra_compat
     from initopt.checks import user_error_line
     from initopt.config import ConfigError
     from initopt.rundir import DirectoryInUse, release_held_locks
@@ -181,6 +182,7 @@ def main() -> None:
     process holds is released, one line, exit 130."""
     try:
         if check_command_line(sys.argv[1:]):  # it runs jobs: torch is needed
+            hydra_compat.share_hydras_compositions()  # Hydra reuses the checks' compositions
             with collector_paused():
                 import initopt.tb  # noqa: F401 - torch and the TensorBoard writer, imported anyway
             freeze_survivors()
