@@ -250,8 +250,8 @@ class JobConfigs:
         for (n, s, h), base in self._bases.items():
             if n != name or s != structural or hydra_overrides[:len(h)] != h:
                 continue
-            added = self.parser.parse_overrides(list(hydra_overrides[len(h):]))
-            others = {o.key_or_group for o in self.parser.parse_overrides([*h, *structural])}
+            added = self._parsed(list(hydra_overrides[len(h):]))
+            others = {o.key_or_group for o in self._parsed([*h, *structural])}
             if all(self.is_value(o, loader) and o.key_or_group not in others for o in added):
                 return base
         return None
@@ -260,7 +260,7 @@ class JobConfigs:
         """``base`` with the added hydra.* values applied and recorded where Hydra records them."""
         added = list(hydra_overrides[len(base.hydra_overrides):])
         cfg = copied(base.cfg)
-        hydra_compat.apply_value_overrides(self.parser.parse_overrides(added), cfg)
+        hydra_compat.apply_value_overrides(self._parsed(added), cfg)
         with read_write(cfg.hydra), open_dict(cfg.hydra):
             at = len(base.hydra_overrides)
             recorded = raw(cfg.hydra.overrides.hydra)
