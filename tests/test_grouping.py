@@ -79,3 +79,36 @@ def test_a_runs_gradient_norms_are_read_at_the_steps_every_tensor_has():
     steps, norms = ragged.grad_norms(["a", "b"])
     assert steps.tolist() == [1, 2] and norms.tolist() == [[2, 5], [3, 6]]
     assert same.grad_norms(["a", "c"])[1].shape == (0, 2)  # a tensor without norms: none
+
+
+def test_a_groups_means_are_each_tags_mean_min_and_max_over_the_members_with_a_finite_value():
+    """A group run's tags: at each step, mean, min and max over the members with a finite value
+    there (a member that diverged counts until it did; a step where none has one is left out).
+    Tags whose members share their steps are computed together, bit for bit as one by one."""
+    import numpy as np
+
+    from initopt.groupruns import RunData, group_means, seed_stats
+    from initopt.tbread import Series
+
+    rng = np.random.default_rng(0)
+
+    def series(steps, values=None):
+        values = rng.normal(size=len(steps)) if values is None else np.array(values, float)
+        return Series(np.array(steps), np.arange(len(steps)) + 100.0, values)
+
+    members = 11  # more than 8: numpy sums a row pairwise, in the same order either way
+    runs = [RunData({"loss/batch": series([1, 2, 3, 4]), "grad_norm/a": series([1, 2, 3, 4]),
+                     "accuracy/test": series([0, 2, 4])}, {}) for _ in range(members)]
+    runs[0].scalars["loss/batch"] = series([1, 2, 3, 4], [1.0, np.inf, np.nan, np.nan])  # diverged at step 2
+    runs[1].scalars["grad_norm/a"] = series([1, 2, 3], [1.0, 2.0, 3.0])  # another layout: on its own
+    runs[2].scalars["seed_band/x/mean"] = series([1])  # a band is no member's tag
+    means = group_means(runs)
+    assert list(means) == ["accuracy/test", "grad_norm/a", "loss/batch"]
+    for tag, stats in means.items():
+        alone = seed_stats([r.scalars[tag] for r in runs if tag in r.scalars])
+        for field in ("steps", "walltimes", "mean", "low", "high"):
+            assert np.array_equal(getattr(stats, field), getattr(alone, field)), (tag, field)
+    loss = means["loss/batch"]
+    finite = np.array([r.scalars["loss/batch"].values for r in runs[1:]])
+    assert loss.mean[1] == pytest.approx(np.mean(finite[:, 1])) and loss.high[0] == max(1.0, finite[:, 0].max())
+    assert means["grad_norm/a"].steps.tolist() == [1, 2, 3, 4]

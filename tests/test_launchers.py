@@ -242,6 +242,23 @@ def test_yaml_text_equals_omegaconfs(value):
     assert yamltext.plain_yaml([value]) == OmegaConf.to_yaml(OmegaConf.create([value]))
 
 
+@pytest.mark.parametrize("value", [0, 7, 599, -3, 10**20, True, "0", "599", "007", "089", "-1", "1_000", "+1",
+                                   "\u0663", "1e3", "", "12a", "plain", ["a=1", "b=2"]])
+def test_a_hydra_yaml_piece_is_the_lines_omegaconf_writes_for_it(value):
+    """A job's own values in ``hydra.yaml`` (its number and id written directly, anything else
+    dumped) are the lines ``OmegaConf.to_yaml`` writes for them in the whole file."""
+    from omegaconf import OmegaConf
+
+    from initopt.jobstart import _yaml_at
+
+    for path in (("job", "num"), ("job", "id"), ("mode",)):
+        nested = value
+        for key in reversed(path):
+            nested = {key: nested}
+        whole = OmegaConf.to_yaml({"hydra": nested, "after": 1})
+        assert whole == "hydra:\n" + "".join(f"  {k}:\n" for k in path[:-1]) + _yaml_at(path, value) + "after: 1\n"
+
+
 # ------------------------------------------------------------- the launcher's per-job files
 SMALL = ["steps=2", "model.hidden=[4]", "eval_every=2", "act_every=0", "hist_every=0", "param_every=0"]
 

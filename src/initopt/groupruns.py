@@ -163,24 +163,42 @@ class SeedStats:
 def seed_stats(series: list[Series]) -> SeedStats:
     """Mean (and min, max) over the members that have a finite value at a step; steps where none
     has one are left out (every member had diverged)."""
-    steps = np.unique(np.concatenate([s.steps for s in series]))
-    table = np.full((len(steps), len(series)), np.nan)
+    return seed_stats_of_tags([series])[0]
+
+
+def seed_stats_of_tags(tags: list[list[Series]]) -> list[SeedStats]:
+    """:func:`seed_stats` of several tags whose series have the same steps member by member (a
+    run writes its step tags in one row a step), computed together: (tags, steps, members) arrays
+    reduced over members, the last axis, as one tag's (steps, members) array is (the same sums)."""
+    first = tags[0]
+    steps = np.unique(np.concatenate([s.steps for s in first]))
+    table = np.full((len(tags), len(steps), len(first)), np.nan)
     walls = np.full_like(table, np.nan)
-    for j, s in enumerate(series):
+    for j, s in enumerate(first):
         rows = np.searchsorted(steps, s.steps)
-        table[rows, j], walls[rows, j] = s.values, s.walltimes
+        table[:, rows, j] = [series[j].values for series in tags]
+        walls[:, rows, j] = [series[j].walltimes for series in tags]
     finite = np.isfinite(table)
-    keep = finite.any(axis=1)
-    masked = np.where(finite, table, np.nan)[keep]
+    keep = finite.any(axis=2)
+    masked = np.where(finite, table, np.nan)
     with np.errstate(all="ignore"):
-        return SeedStats(steps[keep], np.nanmean(walls[keep], axis=1), np.nanmean(masked, axis=1),
-                         np.nanmin(masked, axis=1), np.nanmax(masked, axis=1))
+        mean, low, high = np.nanmean(masked, axis=2), np.nanmin(masked, axis=2), np.nanmax(masked, axis=2)
+        wall = np.nanmean(walls, axis=2)
+    return [SeedStats(steps[k], wall[i][k], mean[i][k], low[i][k], high[i][k]) for i, k in enumerate(keep)]
 
 
 def group_means(runs: list[RunData]) -> dict[str, SeedStats]:
-    """Every scalar tag any member has, except bands (a member has none)."""
+    """Every scalar tag any member has, except bands (a member has none); the tags whose members
+    have the same steps computed together (:func:`seed_stats_of_tags`)."""
     tags = sorted({t for r in runs for t in r.scalars if not t.startswith("seed_band/")})
-    return {t: seed_stats([r.scalars[t] for r in runs if t in r.scalars]) for t in tags}
+    alike: dict[tuple, list[str]] = defaultdict(list)
+    for t in tags:
+        alike[tuple(r.scalars[t].steps.tobytes() if t in r.scalars else None for r in runs)].append(t)
+    stats = {}
+    for same in alike.values():
+        series = [[r.scalars[t] for r in runs if t in r.scalars] for t in same]
+        stats.update(zip(same, seed_stats_of_tags(series)))
+    return {t: stats[t] for t in tags}
 
 
 # ------------------------------------------------------------------------------- writing

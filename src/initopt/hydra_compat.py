@@ -183,7 +183,7 @@ class SharingConfigLoader(ConfigLoaderImpl):
                 except OmegaConfBaseException as e:
                     raise ConfigCompositionException(
                         f"In '{defaults[k].config_path}': {type(e).__name__} raised while"
-                        f" composing config:\n{e}").with_traceback(sys.exc_info()[2])
+                        f" composing config:\n{e}").with_traceback(sys.exc_info()[2]) from e
             if keep == len(defaults) > start:
                 repo.keep_merged(keys, cfg)
         _strip_defaults(cfg)

@@ -55,11 +55,21 @@ class Started:
 
 def _yaml_at(path: tuple[str, ...], value) -> str:
     """The YAML of ``hydra.<path>`` as it appears in ``hydra.yaml`` (as ``OmegaConf.to_yaml`` writes
-    it: :func:`initopt.yamltext.plain_yaml`): its lines, at its indentation."""
+    it: :func:`initopt.yamltext.plain_yaml`): its lines, at its indentation. A job's number and id
+    (an int, and the same as a string: quoted, as a string YAML would read as an int is) are
+    written directly (a YAML dump takes ~0.1 ms each)."""
+    if path[-1].isidentifier() and (type(value) is int or _canonical_int_text(value)):
+        return f"{'  ' * len(path)}{path[-1]}: {value if type(value) is int else repr(value)}\n"
     nested = value
     for key in reversed(path):
         nested = {key: nested}
     return yamltext.plain_yaml({"hydra": nested}).split("\n", len(path))[len(path)]
+
+
+def _canonical_int_text(value) -> bool:
+    """``value`` is a string of an int as ``str`` writes one (no sign, no leading zero): YAML reads it
+    as an int, so OmegaConf's dumper quotes it, ``'12'``."""
+    return isinstance(value, str) and value.isascii() and value.isdigit() and value == str(int(value))
 
 
 def _layout(node: dict) -> list[tuple[tuple[str, ...], str | None]]:

@@ -168,7 +168,8 @@ def plan_job(cfg: DictConfig, output_dir: Path, run_name: str, resume_hint: str,
         member_cfg = OmegaConf.merge(cfg, {"seed": seed, "replicas": 1}) if plan.replicated else cfg
         member_dir = output_dir / "replicas" / f"seed={seed}" if plan.replicated else output_dir
         name = f"{run_name},seed={seed}" if plan.replicated else run_name
-        members.append(plan_member(member_cfg, member_dir, name, checkpoints))
+        known = None if plan.replicated else state  # a run of one member: its directory is the job's
+        members.append(plan_member(member_cfg, member_dir, name, checkpoints, known))
     if plan.replicated:
         rundir.clear_stale(output_dir, keep_replicas=True)
     return replace(plan, members=tuple(members))
@@ -184,10 +185,12 @@ def point_to_twin(output_dir: Path, twin: Path) -> dict:
     return metrics
 
 
-def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[MemberPlan, dict]) -> MemberPlan:
-    """Where one member starts; a resuming member's checkpoint goes into ``checkpoints``."""
+def plan_member(cfg: DictConfig, member_dir: Path, name: str, checkpoints: dict[MemberPlan, dict],
+                state: str | None = None) -> MemberPlan:
+    """Where one member starts; a resuming member's checkpoint goes into ``checkpoints``.
+    ``state``: the directory's :func:`initopt.rundir.classify` for this config, when known."""
     fp = rundir.fingerprint(cfg)
-    state = rundir.classify(member_dir, fp)
+    state = state or rundir.classify(member_dir, fp)
     if state == "foreign":
         raise ConfigError("hydra.run.dir", str(member_dir), "holds a finished run of another config")
     if state == "finished":
