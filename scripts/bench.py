@@ -5,8 +5,9 @@
 1. framework loop (logging on) / minimal hand-written torch loop: toy and big MLP
 2. logging every step / no step logging (toy)
 3. K replicas in one process / K sequential runs: K = 1, 8, 32 (toy), 1, 8 (big)
-4. the homework grid (4 inits x 3 optimizers x 5 seeds) wall time: plain multirun, multirun with
-   replicas=5, and the joblib launcher with 2 workers of one thread each
+4. the homework grid (4 inits x 3 optimizers x 5 seeds) wall time: plain multirun (initopt's config
+   loader, as every initopt command; and Hydra's own, INITOPT_HYDRA_LOADER=hydra), multirun with
+   replicas=5, the population launcher, and the joblib launcher with 2 workers of one thread each
 5. the big MLP's achieved FLOP/s (6 x weights x batch per step) / measured fp32 matmul peak
 6. the population launcher's own time per job: (N-job sweep - 1-job sweep) / (N - 1), 2 steps a
    job (N = 600, the study's grid; 60 with --quick), and where each sweep's time goes, phase by
@@ -173,6 +174,7 @@ def grid_wall(args: list[str], tmp: Path, env_extra: dict | None = None) -> floa
 
 
 PHASES = ("set-up", "compose", "prepare", "train", "write")
+HYDRAS_OWN = "plain multirun, Hydra's own loader (60 jobs)"  # INITOPT_HYDRA_LOADER=hydra
 
 
 def launcher_phases(args: list[str], sweep_dir: Path) -> dict[str, float]:
@@ -301,21 +303,28 @@ def main() -> None:
             walls["joblib, 2 workers x 1 thread (60 jobs)"] = grid_wall(["+launcher=joblib", *grid, seeds], tmp / "g3")
         except ImportError:
             walls["joblib"] = float("nan")
+        # plain multirun composes its jobs with initopt's loader too (files read once, leading merges
+        # shared); Hydra's own loader (INITOPT_HYDRA_LOADER=hydra) is plain multirun as Hydra alone runs it
+        walls[HYDRAS_OWN] = grid_wall([*grid, seeds], tmp / "g5", {"INITOPT_HYDRA_LOADER": "hydra"})
         results["grid_wall_s"] = walls
         plain = walls["plain multirun (60 jobs)"]
         for name, wall in walls.items():
-            if name != "plain multirun (60 jobs)":
+            if not name.startswith("plain multirun"):
                 target = {"replicas": ">= 5x faster", "population": ">= 8x faster"}
                 rows.append((f"4. homework grid: {name} / plain multirun", wall / plain,
                              next((t for k, t in target.items() if k in name), "")))
+        rows.append(("4. homework grid: population launcher / plain multirun, Hydra's own loader",
+                     walls["population launcher (60 jobs)"] / walls[HYDRAS_OWN], ">= 8x faster"))
 
         sweep = ["optim.lr=1e-3,3e-3,1e-2,3e-2,0.1,0.3", "init=xavier,he", "seed=0,1,2", "optim=momentum",
                  "model.hidden=[64,64]", f"steps={50 if q else 500}", "eval_every=100", "act_every=0"]
         lr_walls = {"plain": grid_wall(sweep, tmp / "lr1"),
+                    "plain, Hydra's own loader": grid_wall(sweep, tmp / "lr3", {"INITOPT_HYDRA_LOADER": "hydra"}),
                     "population": grid_wall(["+launcher=population", *sweep], tmp / "lr2")}
         results["lr_sweep_wall_s"] = lr_walls
-        rows.append(("6. lr sweep 6 lr x 2 init x 3 seeds: population launcher / plain multirun",
-                     lr_walls["population"] / lr_walls["plain"], ">= 8x faster"))
+        for base in ("plain", "plain, Hydra's own loader"):
+            rows.append((f"6. lr sweep 6 lr x 2 init x 3 seeds: population launcher / {base} multirun",
+                         lr_walls["population"] / lr_walls[base], ">= 8x faster"))
         walls.update({f"lr sweep, {k} (36 jobs)": v for k, v in lr_walls.items()})
 
         # 6. the launcher's own time per job: the study's grid (600 jobs; 60 quick) at 2 steps, less one job

@@ -281,6 +281,13 @@ def test_an_unwritable_dataset_cache_names_INITOPT_CACHE_not_data_root(tmp_path,
     assert "data.root" not in line and "\n" not in line
 
 
+def test_an_unknown_INITOPT_HYDRA_LOADER_is_refused_in_one_line_before_any_run(tmp_path):
+    proc = run_cli("steps=2", "hydra.run.dir=run", cwd=tmp_path, env={"INITOPT_HYDRA_LOADER": "fastest"})
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip() == ("initopt.train: error: INITOPT_HYDRA_LOADER='fastest' is not allowed: one of "
+                                   "shared, hydra (initopt's loader, the default; or Hydra's own)")
+
+
 # ------------------------------------------------------------ the report's output folder
 def test_a_report_into_an_unwritable_folder_is_refused_before_reading_anything(tmp_path, monkeypatch, capsys):
     from initopt.report import __main__ as report_cli

@@ -427,6 +427,23 @@ def test_the_loaders_of_a_process_share_files_and_compositions_and_compose_as_hy
     assert searchpath.hydra.searchpath == ["pkg://initopt.conf"]
 
 
+@pytest.mark.parametrize("choice", [None, "shared", "hydra"])
+def test_hydra_main_is_given_the_sharing_loader_unless_the_environment_asks_for_hydras_own(monkeypatch, choice):
+    from hydra._internal import hydra as hydra_module
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from initopt import hydra_compat
+
+    monkeypatch.setattr(hydra_module, "ConfigLoaderImpl", ConfigLoaderImpl)  # restored after the test
+    if choice is None:
+        monkeypatch.delenv(hydra_compat.LOADER_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(hydra_compat.LOADER_VARIABLE, choice)
+    hydra_compat.share_hydras_compositions()
+    expected = ConfigLoaderImpl if choice == "hydra" else hydra_compat.SharingConfigLoader
+    assert hydra_module.ConfigLoaderImpl is expected
+
+
 def counting(function, calls: list):
     """``function``, noting each call in ``calls``."""
     @functools.wraps(function)

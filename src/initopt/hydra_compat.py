@@ -42,7 +42,8 @@ TESTED = ("1.3.",)  # version prefixes this module was tested on (1.3.2 - 1.3.8)
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # its _target_ in a config
 
 __all__ = ["BASIC_SWEEPER", "UntestedHydra", "apply_value_overrides", "args_parser", "basic_sweeper",
-           "clear_shared", "config_loader", "expand_sweep", "overrides_dirname", "share_hydras_compositions"]
+           "clear_shared", "config_loader", "expand_sweep", "overrides_dirname", "share_hydras_compositions",
+           "LOADER_VARIABLE"]
 
 
 class UntestedHydra(RuntimeError):
@@ -94,13 +95,24 @@ def config_loader(config_path: str):
     return SharingConfigLoader(config_search_path=create_config_search_path(config_path))
 
 
+LOADER_VARIABLE = "INITOPT_HYDRA_LOADER"  # "hydra": @hydra.main keeps Hydra's own loader (to compare)
+LOADERS = ("shared", "hydra")
+
+
 def share_hydras_compositions() -> None:
     """Make the config loader ``@hydra.main`` builds a :class:`SharingConfigLoader`: it then reuses
     the start-up checks' files and compositions (Hydra composes the command line's config twice
-    more: once to read ``hydra.mode``, once to run; the checks composed it already)."""
+    more: once to read ``hydra.mode``, once to run; the checks composed it already), and a plain
+    multirun composes each job with the shared files and leading merges. Unless the environment
+    says ``INITOPT_HYDRA_LOADER=hydra``: Hydra's own loader then (what ``scripts/bench.py``
+    compares with); any other value is refused (a ``ValueError`` naming it)."""
     from hydra._internal import hydra as hydra_module
 
-    hydra_module.ConfigLoaderImpl = SharingConfigLoader
+    choice = os.environ.get(LOADER_VARIABLE, "shared")
+    if choice not in LOADERS:
+        raise ValueError(f"{LOADER_VARIABLE}={choice!r} is not allowed: one of {', '.join(LOADERS)} "
+                         "(initopt's loader, the default; or Hydra's own)")
+    hydra_module.ConfigLoaderImpl = SharingConfigLoader if choice == "shared" else ConfigLoaderImpl
 
 
 def clear_shared() -> None:

@@ -163,11 +163,15 @@ def job_failed(label: str, output_dir: Path, err: Exception) -> None:
 
 def check_command_line(argv: list[str]) -> bool:
     """Refuse bad input before Hydra starts: one line naming key, value and what is allowed, exit 2.
-    Whether the command runs jobs (:func:`initopt.checks.precheck_command_line`)."""
+    Whether the command runs jobs (:func:`initopt.checks.precheck_command_line`); if it does, Hydra
+    is given initopt's config loader (:func:`initopt.hydra_compat.share_hydras_compositions`)."""
     from initopt.checks import precheck_command_line
 
     try:
-        return precheck_command_line(argv)
+        runs_jobs = precheck_command_line(argv)
+        if runs_jobs:
+            hydra_compat.share_hydras_compositions()  # Hydra reuses the checks' compositions
+        return runs_jobs
     except Exception as err:  # no traceback wall
         print(f"initopt.train: error: {user_error_line(err)}", file=sys.stderr)
         sys.exit(summary.EXIT_USAGE)
@@ -182,7 +186,6 @@ def main() -> None:
     process holds is released, one line, exit 130."""
     try:
         if check_command_line(sys.argv[1:]):  # it runs jobs: torch is needed
-            hydra_compat.share_hydras_compositions()  # Hydra reuses the checks' compositions
             with collector_paused():
                 import initopt.tb  # noqa: F401 - torch and the TensorBoard writer, imported anyway
             freeze_survivors()
