@@ -444,6 +444,41 @@ def test_hydra_main_is_given_the_sharing_loader_unless_the_environment_asks_for_
     assert hydra_module.ConfigLoaderImpl is expected
 
 
+def test_a_loaded_config_that_pickle_cannot_find_again_is_handed_out_as_loaded_and_read_anew(monkeypatch):
+    """Hydra's plugin scan executes a plugin's module again (in a joblib worker, say): a config loaded
+    before holds a schema dataclass that pickle no longer finds under its name. The loader keeps
+    no copy of it, nor of a merge holding it: it hands it out as loaded and reads it anew when asked."""
+    import dataclasses
+    import sys
+    import types
+
+    from hydra.plugins.config_source import ConfigResult
+    from omegaconf import OmegaConf
+
+    from initopt import hydra_compat
+
+    module = types.ModuleType("initopt_test_plugin")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    module.Conf = dataclasses.make_dataclass("Conf", [("x", int, 1)], namespace={"__module__": module.__name__})
+    stale = OmegaConf.structured(module.Conf)
+    module.Conf = dataclasses.make_dataclass("Conf", [("x", int, 1)], namespace={"__module__": module.__name__})
+    assert hydra_compat._pickled(stale) is None  # the premise: pickle finds another class by that name
+
+    class Delegate:
+        reads = 0
+
+        def load_config(self, config_path):
+            Delegate.reads += 1
+            return ConfigResult(provider="test", path=config_path, config=stale, header={})
+
+    repository = hydra_compat._CopyingRepository(Delegate())
+    assert repository.load_config("sweeper/stale").config is stale
+    assert repository.load_config("sweeper/stale").config is stale and Delegate.reads == 2
+    merged = OmegaConf.create({"sweeper": stale})
+    repository.keep_merged(("sweeper/stale",), merged)
+    assert repository.merged_prefix(("sweeper/stale",))[0] == 0  # nothing kept: merged again when asked
+
+
 def counting(function, calls: list):
     """``function``, noting each call in ``calls``."""
     @functools.wraps(function)

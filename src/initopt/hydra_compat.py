@@ -168,7 +168,9 @@ class SharingConfigLoader(ConfigLoaderImpl):
         if held is not None and (held[0] or not validate_sweep_overrides):
             return pickle.loads(held[1])
         cfg = super().load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
-        _COMPOSED[key] = (validate_sweep_overrides, pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+        data = _pickled(cfg)
+        if data is not None:
+            _COMPOSED[key] = (validate_sweep_overrides, data)
         return cfg
 
     def load_sweep_config(self, master_config, sweep_overrides):
@@ -242,7 +244,10 @@ class _CopyingRepository(CachingConfigRepository):
     def load_config(self, config_path: str):
         if config_path not in self._pickled:
             loaded = self.delegate.load_config(config_path=config_path)
-            self._pickled[config_path] = None if loaded is None else pickle.dumps(loaded)
+            data = None if loaded is None else _pickled(loaded)
+            if loaded is not None and data is None:
+                return loaded  # not kept (see _pickled): read again when asked again
+            self._pickled[config_path] = data
         data = self._pickled[config_path]
         return None if data is None else pickle.loads(data)
 
@@ -264,8 +269,20 @@ class _CopyingRepository(CachingConfigRepository):
         """Keep ``cfg``, merged from ``keys``, as the merge loop will find it (without the flag the
         loop sets for its duration: a later loop, entering with it unset, must leave it unset)."""
         cfg._set_flag("no_deepcopy_set_nodes", None)
-        self._merged[keys] = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _pickled(cfg)
         cfg._set_flag("no_deepcopy_set_nodes", True)
+        if data is not None:
+            self._merged[keys] = data
+
+
+def _pickled(obj) -> bytes | None:
+    """``obj`` pickled, or None when it cannot be: a config whose schema is a dataclass that Hydra's
+    plugin scan has since defined again (it executes a plugin's module anew; the scan of a joblib
+    worker, say) holds a class pickle no longer finds under its name. Such a config is not kept."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
 
 
 def _common_length(a: tuple, b: tuple) -> int:
