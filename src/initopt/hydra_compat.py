@@ -41,9 +41,9 @@ from omegaconf.errors import OmegaConfBaseException
 TESTED = ("1.3.",)  # version prefixes this module was tested on (1.3.2 - 1.3.8)
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # its _target_ in a config
 
-__all__ = ["BASIC_SWEEPER", "UntestedHydra", "apply_value_overrides", "args_parser", "basic_sweeper",
-           "clear_shared", "config_loader", "expand_sweep", "overrides_dirname", "share_hydras_compositions",
-           "LOADER_VARIABLE"]
+__all__ = ["BASIC_SWEEPER", "LOADER_VARIABLE", "CopyingRepository", "SharingConfigLoader", "UntestedHydra",
+           "apply_value_overrides", "args_parser", "basic_sweeper", "clear_shared", "config_loader", "expand_sweep",
+           "overrides_dirname", "share_hydras_compositions"]
 
 
 class UntestedHydra(RuntimeError):
@@ -123,7 +123,7 @@ def clear_shared() -> None:
 
 # What the loaders of one process share: a repository per (search path, primary config), and each
 # config composed by ``load_configuration`` (not a sweep job's: see SharingConfigLoader).
-_REPOSITORIES: dict[tuple, _CopyingRepository] = {}
+_REPOSITORIES: dict[tuple, CopyingRepository] = {}
 _COMPOSED: dict[tuple, tuple[bool, bytes]] = {}  # its inputs -> (validated, the config pickled)
 
 
@@ -155,7 +155,7 @@ class SharingConfigLoader(ConfigLoaderImpl):
             return super()._parse_overrides_and_create_caching_repo(config_name, overrides)
         key = (_search_path_key(self), config_name)
         if key not in _REPOSITORIES:
-            repository = _CopyingRepository(self.repository)
+            repository = CopyingRepository(self.repository)
             self._process_config_searchpath(config_name, parsed, repository)
             _REPOSITORIES[key] = repository
         return parsed, _REPOSITORIES[key]
@@ -182,7 +182,7 @@ class SharingConfigLoader(ConfigLoaderImpl):
 
     def _compose_config_from_defaults_list(self, defaults, repo):
         """Hydra 1.3's merge loop and ``strip_defaults``, from the longest kept run of leading configs."""
-        if not isinstance(repo, _CopyingRepository):
+        if not isinstance(repo, CopyingRepository):
             return super()._compose_config_from_defaults_list(defaults, repo)
         keys = tuple((d.config_path, d.package, d.primary) for d in defaults)
         start, cfg = repo.merged_prefix(keys)
@@ -230,7 +230,7 @@ def _strip_defaults(cfg) -> None:
             _strip_defaults(value)
 
 
-class _CopyingRepository(CachingConfigRepository):
+class CopyingRepository(CachingConfigRepository):
     """A caching repository that hands out a new copy of each loaded config (unpickled: ~50x faster
     than reading its YAML file again), and keeps the configs merged from leading runs of its
     compositions' defaults lists (see :class:`SharingConfigLoader`)."""

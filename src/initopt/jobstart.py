@@ -53,23 +53,17 @@ class Started:
     lines: list[str] = field(default_factory=list)  # its train.log lines, written at the end
 
 
-def _yaml_at(path: tuple[str, ...], value) -> str:
+def yaml_at(path: tuple[str, ...], value) -> str:
     """The YAML of ``hydra.<path>`` as it appears in ``hydra.yaml`` (as ``OmegaConf.to_yaml`` writes
-    it: :func:`initopt.yamltext.plain_yaml`): its lines, at its indentation. A job's number and id
-    (an int, and the same as a string: quoted, as a string YAML would read as an int is) are
-    written directly (a YAML dump takes ~0.1 ms each)."""
-    if path[-1].isidentifier() and (type(value) is int or _canonical_int_text(value)):
-        return f"{'  ' * len(path)}{path[-1]}: {value if type(value) is int else repr(value)}\n"
+    it: :func:`initopt.yamltext.plain_yaml`): its lines, at its indentation. A value written on its
+    key's line without a dump (:func:`initopt.yamltext.int_scalar`: a job's number and id) is."""
+    scalar = yamltext.int_scalar(value) if path[-1].isidentifier() else None
+    if scalar is not None:
+        return f"{'  ' * len(path)}{path[-1]}: {scalar}\n"
     nested = value
     for key in reversed(path):
         nested = {key: nested}
     return yamltext.plain_yaml({"hydra": nested}).split("\n", len(path))[len(path)]
-
-
-def _canonical_int_text(value) -> bool:
-    """``value`` is a string of an int as ``str`` writes one (no sign, no leading zero): YAML reads it
-    as an int, so OmegaConf's dumper quotes it, ``'12'``."""
-    return isinstance(value, str) and value.isascii() and value.isdigit() and value == str(int(value))
 
 
 def _layout(node: dict) -> list[tuple[tuple[str, ...], str | None]]:
@@ -79,11 +73,11 @@ def _layout(node: dict) -> list[tuple[tuple[str, ...], str | None]]:
     pieces = []
     for key, value in node.items():
         if key not in parents or not value:
-            pieces.append(((key,), _yaml_at((key,), value)))
+            pieces.append(((key,), yaml_at((key,), value)))
             continue
         pieces.append(((key,), f"  {key}:\n"))
         for sub, sub_value in value.items():
-            pieces.append(((key, sub), None if (key, sub) in PER_JOB else _yaml_at((key, sub), sub_value)))
+            pieces.append(((key, sub), None if (key, sub) in PER_JOB else yaml_at((key, sub), sub_value)))
     return pieces
 
 
@@ -122,7 +116,7 @@ class JobStarter:
         output_dir = Path(os.path.abspath(os.path.join(self.sweep_dir, dirname)))
         node, pieces = self._hydra_node(base)
         own = dict(zip(PER_JOB, (task_overrides, dirname, str(idx), idx, str(output_dir))))
-        hydra_yaml = "hydra:\n" + "".join(_yaml_at(path, own[path]) if text is None else text
+        hydra_yaml = "hydra:\n" + "".join(yaml_at(path, own[path]) if text is None else text
                                            for path, text in pieces)
         ret = JobReturn(overrides=task_overrides, cfg=task_cfg, working_dir=os.getcwd())
         self._write_hydra_files(node.get("output_subdir"), output_dir, task_cfg, hydra_yaml, task_overrides)

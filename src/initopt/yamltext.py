@@ -42,6 +42,17 @@ def plain_yaml(value) -> str:
     return yaml.dump(value, Dumper=dumper, **OPTIONS)
 
 
+def int_scalar(value) -> str | None:
+    """How ``OmegaConf.to_yaml`` writes ``value`` after ``key: `` when it is an int (``12``) or a
+    string of one as ``str`` writes it (no sign, no leading zero: YAML would read it as an int, so
+    OmegaConf's dumper quotes it, ``'12'``); None for anything else. A YAML dump takes ~0.1 ms."""
+    if type(value) is int:
+        return str(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and value == str(int(value)):
+        return repr(value)
+    return None
+
+
 _ITEMS: dict[str, str] = {}  # repr((key, value)) -> plain_yaml({key: value})
 MAX_ITEMS = 4096  # items kept; the memo starts over beyond
 
