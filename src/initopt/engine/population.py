@@ -98,6 +98,12 @@ class Population:
         """Activation statistics come out of the batched MLP forward (not through vmap)."""
         return self._layers is not None and bool(self.activation_names)
 
+    @property
+    def mlp_layers(self) -> list[tuple[str, bool, nn.Module | None]] | None:
+        """(linear layer name, has bias, nonlinearity or None) in forward order; None unless the
+        forward pass is the batched MLP's (else it goes through vmap)."""
+        return self._layers
+
     def tensors(self) -> list[torch.Tensor]:
         return [self.params[n] for n in self.names]
 

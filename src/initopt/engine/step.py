@@ -12,8 +12,10 @@ step t, for each member k with batch (x_k, y_k):
 
 Two implementations of the same arithmetic (as ``torch.optim`` keeps a ``capturable`` one):
 
-* **eager** (:meth:`TrainStep.eager`, the CPU default): ``torch.autograd.grad`` on leaves made
-  once; one finiteness number read back per step (free on the CPU) and a branch on the host:
+* **eager** (:meth:`TrainStep.eager`, the CPU default): the batched MLP's gradients by
+  backpropagation written out (:mod:`~initopt.engine.backprop`, autograd's gradients in fewer and
+  cheaper kernels), any other model's by ``torch.autograd.grad`` on leaves made once; one
+  finiteness number read back per step (free on the CPU) and a branch on the host:
   while every member is alive, no masking at all; after a divergence, the masked update.
   Gradient norms only on recorded steps.
 * **capturable** (:meth:`TrainStep.__call__`, for ``torch.compile``): branchless, no host
@@ -31,6 +33,7 @@ import math
 import torch
 from torch.func import grad_and_value
 
+from initopt.engine.backprop import StackedBackprop
 from initopt.engine.optimizer import PopulationOptimizer
 from initopt.engine.population import Population, member_losses
 from initopt.probes import ActivationRecorder, StepRecorder, all_finite_witness, finite_members, member_grad_norms
@@ -52,6 +55,10 @@ class TrainStep:
         self._x_buf: torch.Tensor | None = None
         self._y_buf: torch.Tensor | None = None
         self._functional_grad = grad_and_value(self._loss, has_aux=True)
+        layers = population.mlp_layers
+        # the eager step's backward: written out for the batched MLP, else autograd's
+        self.backprop = StackedBackprop(layers, population.names, num_classes) \
+            if layers is not None and StackedBackprop.supports(layers) else None
 
     def _loss(self, params: dict, x: torch.Tensor, y: torch.Tensor, with_activations: bool):
         stats: list[torch.Tensor] | None = [] if with_activations else None
@@ -76,9 +83,8 @@ class TrainStep:
     def eager(self, x: torch.Tensor, y: torch.Tensor, record: bool, with_activations: bool) -> torch.Tensor:
         """One step of every member (see module doc); the members it froze in ``newly_diverged``.
         Returns the ``(K, L, 2)`` activation stats when asked (else empty)."""
-        total, (losses, stats) = self._loss(self.population.leaves, x, y, with_activations)
-        grads = torch.autograd.grad(total, self._leaves)
-        self.last_grads = list(grads)  # for the (off-step) histograms of initopt.layerstats
+        losses, grads, stats = self._losses_and_grads(x, y, with_activations)
+        self.last_grads = grads  # for the (off-step) histograms of initopt.layerstats
         self.newly_diverged = []
         if self._record_and_check(grads, losses, record):
             self.optimizer.step(grads)
@@ -93,6 +99,16 @@ class TrainStep:
             self.all_alive = False
         self.optimizer.masked_step(grads, alive)
         return stats
+
+    def _losses_and_grads(self, x: torch.Tensor, y: torch.Tensor, with_activations: bool):
+        """``(losses (K,), gradients, activation stats (K, L, 2) or empty)`` of the eager step:
+        by :class:`~initopt.engine.backprop.StackedBackprop` where it applies, else autograd."""
+        if self.backprop is None:
+            total, (losses, stats) = self._loss(self.population.leaves, x, y, with_activations)
+            return losses, list(torch.autograd.grad(total, self._leaves)), stats
+        collected: list[torch.Tensor] | None = [] if with_activations else None
+        losses, grads = self.backprop(self.population.params, x, y, collected)
+        return losses, grads, torch.stack(collected, dim=1) if collected else losses.new_zeros(0)
 
     def _record_and_check(self, grads: list[torch.Tensor], losses: torch.Tensor, record: bool) -> bool:
         """The step's record when it is recorded; whether the plain update may follow: every member
