@@ -70,8 +70,8 @@ def main() -> None:
                 for hand in (True, False):
                     times[hand].append(step_seconds(overrides, k, args.steps, hand))
             hand, auto = statistics.median(times[True]), statistics.median(times[False])
-            print(f"{model:<22}{k:>5}{hand * 1e3:>14.2f}{auto * 1e3:>10.2f}{hand / k * 1e6:>9.1f} / {auto / k * 1e6:<6.1f}"
-                  f"{auto / hand:>10.2f}")
+            per_member = f"{hand / k * 1e6:>9.1f} / {auto / k * 1e6:<6.1f}"
+            print(f"{model:<22}{k:>5}{hand * 1e3:>14.2f}{auto * 1e3:>10.2f}{per_member}{auto / hand:>10.2f}")
 
 
 if __name__ == "__main__":

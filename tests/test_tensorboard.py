@@ -546,3 +546,33 @@ def test_the_heat_maps_colour_map_is_matplotlibs_magma_whether_looked_up_or_kept
     heatmap._magma.cache_clear()
     assert np.array_equal(heatmap._magma(), expected)
     heatmap._magma.cache_clear()
+
+
+def test_a_populations_weight_norms_and_update_ratios_reach_each_members_run(tmp_path):
+    """The population's norm and ratio events are built at once for every member: member k's run
+    reads back its own column of the ``(steps, members, tensors)`` arrays, at their steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from initopt.layerstats import ParamStats
+    from initopt.sinks import PopulationLogs
+    from initopt.tb import RunLogger
+
+    rng = np.random.default_rng(1)
+    members, names = 3, ["fc1.weight", "fc1.bias", "out.weight"]
+    stats = ParamStats(np.array([0, 5, 10]), rng.random((3, members, 3)), np.array([5, 10]),
+                       rng.random((2, members, 3)) * 1e-3)
+    logs = PopulationLogs([RunLogger(tmp_path / f"m{k}", names, heatmap=False) for k in range(members)])
+    logs.write_param_stats(stats)
+    logs.write_param_stats(ParamStats(np.array([15]), rng.random((1, members, 3)), np.array([], np.int64),
+                                      np.zeros((0, members, 3))))  # a flush with no ratio row
+    logs.close()
+    for k in range(members):
+        acc = EventAccumulator(str(tmp_path / f"m{k}"), size_guidance={"scalars": 0})
+        acc.Reload()
+        for p, name in enumerate(names):
+            norms = [(e.step, e.value) for e in acc.Scalars(f"weight_norm/{name}")]
+            assert [s for s, _ in norms] == [0, 5, 10, 15]
+            assert [v for _, v in norms[:3]] == pytest.approx(stats.weight_norm[:, k, p].tolist(), rel=1e-6)
+            ratios = [(e.step, e.value) for e in acc.Scalars(f"update_ratio/{name}")]
+            assert ratios == [(5, pytest.approx(stats.update_ratio[0, k, p], rel=1e-6)),
+                              (10, pytest.approx(stats.update_ratio[1, k, p], rel=1e-6))]

@@ -56,8 +56,9 @@ class PopulationLogs:
     def write_param_stats(self, stats: ParamStats) -> None:
         """Each member's own weight norms, update ratios and histograms (a mean run gets none:
         a mean of histograms is none)."""
+        framed = self.loggers[0].param_frames(stats) if self.loggers else []
         for k, logger in enumerate(self.loggers):
-            logger.write_param_stats(stats.member(k))
+            logger.write_param_stats(stats.member(k), framed[k])
 
     def write_eval(self, step: int, table: np.ndarray, diverged: list[int | None]) -> None:
         live = [k for k in range(len(self.loggers)) if diverged[k] is None]

@@ -525,14 +525,32 @@ class RunLogger:
         """``optim/torch_lr`` and ``optim/steady_step`` (see :data:`OPTIM_TAGS`) at this step."""
         self.write_scalars(step, list(OPTIM_TAGS), [torch_lr, steady_step])
 
-    def write_param_stats(self, stats: ParamStats) -> None:
+    def write_param_stats(self, stats: ParamStats, framed: bytes | None = None) -> None:
         """``weight_norm/*``, ``update_ratio/*`` and the ``weights/*`` and ``gradients/*``
-        histograms of member 0 of ``stats`` (pass ``stats.member(r)`` for replica r)."""
-        for prefix, steps, values in (("weight_norm", stats.norm_steps, stats.weight_norm),
-                                      ("update_ratio", stats.ratio_steps, stats.update_ratio)):
-            self.write_rows([f"{prefix}/{n}" for n in self.param_names], steps, values[:, 0])
+        histograms of member 0 of ``stats`` (pass ``stats.member(r)`` for replica r).
+        ``framed``: the norm and ratio events already built (:meth:`param_frames` over a population)."""
+        if framed is None:
+            framed = self.param_frames(stats)[0]
+        self.events.write_framed(framed)
         for kind, hists in stats.histograms.items():
             self._write_histograms(kind, hists)
+
+    def param_frames(self, stats: ParamStats) -> list[bytes]:
+        """Each member's ``weight_norm/*`` and ``update_ratio/*`` events of ``stats``, framed, built
+        for all members at once (:meth:`ScalarRows.frames`), stamped now."""
+        framed = [b""] * stats.weight_norm.shape[1]
+        for prefix, steps, values in (("weight_norm", stats.norm_steps, stats.weight_norm),
+                                      ("update_ratio", stats.ratio_steps, stats.update_ratio)):
+            tags = tuple(f"{prefix}/{n}" for n in self.param_names)
+            rows = self._rows.get(tags)
+            if rows is None:
+                rows = self._rows[tags] = ScalarRows(self.events, list(tags))
+            steps = np.asarray(steps)
+            if not len(steps):
+                continue
+            members = rows.frames(steps, np.full(len(steps), time.time()), np.asarray(values).transpose(1, 0, 2))
+            framed = [a + b for a, b in zip(framed, members)]
+        return framed
 
     def _write_histograms(self, kind: str, hists: Histograms) -> None:
         for step, rows in zip(hists.steps.tolist(), hists.rows[:, 0]):
