@@ -7,7 +7,8 @@ Public API::
 
 :mod:`~initopt.engine.population` (members, stacked parameters, forward),
 :mod:`~initopt.engine.optimizer` (per-member hyperparameters), :mod:`~initopt.engine.step`
-(the capturable step), :mod:`~initopt.engine.loop` (the schedule), :mod:`~initopt.engine.checkpoint`.
+(the eager and the capturable step), :mod:`~initopt.engine.backprop` (the batched MLP's backward,
+written out), :mod:`~initopt.engine.loop` (the schedule), :mod:`~initopt.engine.checkpoint`.
 """
 
 from __future__ import annotations
