@@ -380,7 +380,8 @@ class ScalarRows:
         """The framed records of K runs' rows at the same steps, ``tables`` ``(K, n, T)``: run
         k's first ``counts[k]`` rows (default all) as one ``bytes`` each, built all at once."""
         steps, walltimes = np.asarray(steps, np.int64), np.asarray(walltimes, np.float64)
-        tables = np.asarray(tables, np.float64).reshape(-1, len(steps), len(self._slots))
+        tables = np.asarray(tables, np.float64)
+        tables = tables.reshape(tables.shape[0] if tables.ndim == 3 else 1, len(steps), len(self._slots))
         counts = [len(steps)] * len(tables) if counts is None else counts
         if not len(steps):
             return [b""] * len(tables)
@@ -471,10 +472,14 @@ class RunLogger:
 
     def write_rows(self, tags: list[str], steps: np.ndarray, table: np.ndarray) -> None:
         """Row i of ``table`` (values of ``tags``) at ``steps[i]``, through a reused event per tag list."""
+        self._scalar_rows(tags).write(np.asarray(steps), np.full(len(steps), time.time()), np.asarray(table))
+
+    def _scalar_rows(self, tags: list[str]) -> ScalarRows:
+        """The rows writer of this tag list, made once."""
         rows = self._rows.get(tuple(tags))
         if rows is None:
-            rows = self._rows[tuple(tags)] = ScalarRows(self.events, tags)
-        rows.write(np.asarray(steps), np.full(len(steps), time.time()), np.asarray(table))
+            rows = self._rows[tuple(tags)] = ScalarRows(self.events, list(tags))
+        return rows
 
     def write_run_info(self, session: Session, config_yaml: str, experiment: list[Column] | None = None) -> None:
         """At the start of a fresh run: its HParams values (session start), its composed config
@@ -541,13 +546,7 @@ class RunLogger:
         framed = [b""] * stats.weight_norm.shape[1]
         for prefix, steps, values in (("weight_norm", stats.norm_steps, stats.weight_norm),
                                       ("update_ratio", stats.ratio_steps, stats.update_ratio)):
-            tags = tuple(f"{prefix}/{n}" for n in self.param_names)
-            rows = self._rows.get(tags)
-            if rows is None:
-                rows = self._rows[tags] = ScalarRows(self.events, list(tags))
-            steps = np.asarray(steps)
-            if not len(steps):
-                continue
+            rows = self._scalar_rows([f"{prefix}/{n}" for n in self.param_names])
             members = rows.frames(steps, np.full(len(steps), time.time()), np.asarray(values).transpose(1, 0, 2))
             framed = [a + b for a, b in zip(framed, members)]
         return framed

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from initopt.engine.population import activation_stats, stacked_linear
+
 aten = torch.ops.aten
 
 # g <- g * phi'(z) for each nonlinearity, in place, from its output h or its input z (autograd's kernels)
@@ -43,9 +45,10 @@ _BACKWARD = {
     nn.LeakyReLU: lambda g, h, z, m: aten.leaky_relu_backward.grad_input(g, h, m.negative_slope, True,
                                                                          grad_input=g),
     nn.GELU: lambda g, h, z, m: aten.gelu_backward.grad_input(g, z, approximate=m.approximate, grad_input=g),
+    nn.Identity: lambda g, h, z, m: g,
 }
 # nonlinearities whose output may overwrite their input (phi' needs only the output)
-_IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
+_IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_, nn.Identity: lambda z: z}
 
 
 class StackedBackprop:
@@ -61,8 +64,7 @@ class StackedBackprop:
     @staticmethod
     def supports(layers: list[tuple[str, bool, nn.Module | None]]) -> bool:
         """Every nonlinearity has a known backward (or there is none: a linear layer)."""
-        return all(act is None or type(act) in _BACKWARD or isinstance(act, nn.Identity)
-                   for _, _, act in layers)
+        return all(act is None or type(act) in _BACKWARD for _, _, act in layers)
 
     @torch.no_grad()
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -75,10 +77,10 @@ class StackedBackprop:
         y = y if y.dim() == 2 else y.expand(k, *y.shape)
         saved = []  # per layer: its input h_{l-1}, its pre-activation z_l, its output h_l
         for name, has_bias, act in self.layers:
-            z = self._linear(params, name, has_bias, h)
+            z = stacked_linear(params, name, has_bias, h)
             out = self._nonlinearity(act, z)
             if act is not None and activations is not None:
-                activations.append(torch.stack(torch.std_mean(out.flatten(1), dim=1), dim=1))
+                activations.append(activation_stats(out))
             saved.append((h, z, out))
             h = out
         losses, delta = self._loss_and_delta(h, y)
@@ -94,20 +96,14 @@ class StackedBackprop:
             _, z_prev, h_prev = saved[i - 1]
             act_prev = self.layers[i - 1][2]
             delta = _input_grad(delta, params[f"{name}.weight"])  # a new tensor: updated in place
-            if act_prev is not None and not isinstance(act_prev, nn.Identity):
+            if act_prev is not None:
                 _BACKWARD[type(act_prev)](delta, h_prev, z_prev, act_prev)
         return losses, [grads[n] for n in self.names]
 
     @staticmethod
-    def _linear(params, name: str, has_bias: bool, h: torch.Tensor) -> torch.Tensor:
-        """``h W^T + b``: ``(K, B, out)``."""
-        w = params[f"{name}.weight"].transpose(1, 2)
-        return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w) if has_bias else torch.bmm(h, w)
-
-    @staticmethod
     def _nonlinearity(act: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
         """phi(z): in place where phi' needs only the output (z is then not kept)."""
-        if act is None or isinstance(act, nn.Identity):
+        if act is None:
             return z
         in_place = _IN_PLACE.get(type(act))
         return in_place(z) if in_place is not None else act(z)

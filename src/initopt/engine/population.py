@@ -119,12 +119,11 @@ class Population:
             return vmap(self._call, in_dims=dims)(params, x)
         h = x if x.dim() == 3 else x.expand(self.k, *x.shape)
         for name, has_bias, act in self._layers:
-            w = params[f"{name}.weight"].transpose(1, 2)
-            h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w) if has_bias else torch.bmm(h, w)
+            h = stacked_linear(params, name, has_bias, h)
             if act is not None:
                 h = act(h)
                 if activations is not None:
-                    activations.append(torch.stack(torch.std_mean(h.detach().flatten(1), dim=1), dim=1))
+                    activations.append(activation_stats(h))
         return h
 
     def _call(self, params, x):
@@ -139,6 +138,17 @@ class Population:
         """Slot ``k`` <- a plain model's ``state_dict`` (a member's weights from anywhere)."""
         for n, p in self.params.items():
             p[k] = state[n].to(p.device)
+
+
+def stacked_linear(params: dict[str, torch.Tensor], name: str, has_bias: bool, h: torch.Tensor) -> torch.Tensor:
+    """Layer ``name`` of every member: ``h W^T + b``, ``(K, B, out)`` from ``h`` ``(K, B, in)``."""
+    w = params[f"{name}.weight"].transpose(1, 2)
+    return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w) if has_bias else torch.bmm(h, w)
+
+
+def activation_stats(h: torch.Tensor) -> torch.Tensor:
+    """``(K, 2)``: std and mean of each member's slice of a hidden layer's output ``h`` ``(K, B, units)``."""
+    return torch.stack(torch.std_mean(h.detach().flatten(1), dim=1), dim=1)
 
 
 def _mlp_layers(base: MLP) -> list[tuple[str, bool, nn.Module | None]]:

@@ -65,8 +65,7 @@ class TrainStep:
         logits = self.population.forward(params, x, stats)
         y = y if y.dim() == 2 else y.expand(self.population.k, *y.shape)
         losses = member_losses(logits, y, self.num_classes)
-        aux = (losses.detach(), torch.stack(stats, dim=1) if stats else losses.new_zeros(0))
-        return losses.sum(), aux
+        return losses.sum(), (losses.detach(), _stacked_stats(stats, losses))
 
     def gather(self, x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor | None):
         """The members' batches ``(K, B, ...)`` gathered into buffers allocated once (or all data)."""
@@ -108,7 +107,7 @@ class TrainStep:
             return losses, list(torch.autograd.grad(total, self._leaves)), stats
         collected: list[torch.Tensor] | None = [] if with_activations else None
         losses, grads = self.backprop(self.population.params, x, y, collected)
-        return losses, grads, torch.stack(collected, dim=1) if collected else losses.new_zeros(0)
+        return losses, grads, _stacked_stats(collected, losses)
 
     def _record_and_check(self, grads: list[torch.Tensor], losses: torch.Tensor, record: bool) -> bool:
         """The step's record when it is recorded; whether the plain update may follow: every member
@@ -155,6 +154,11 @@ class TrainStep:
         if self.recorder is not None:
             tensors += [self.recorder.rows, self.recorder.slot]
         return tensors
+
+
+def _stacked_stats(stats: list[torch.Tensor] | None, losses: torch.Tensor) -> torch.Tensor:
+    """Each hidden layer's ``(K, 2)`` activation statistics as ``(K, L, 2)``; empty when none were taken."""
+    return torch.stack(stats, dim=1) if stats else losses.new_zeros(0)
 
 
 def compiled(step: TrainStep, requested: str, device: torch.device):
