@@ -318,6 +318,29 @@ def test_evaluation_starts_at_initialization():
     assert [s for s, _ in result.histories[0]] == [0, 1, 2, 5, 10, 20, 40]  # then log-spaced below eval_every
 
 
+@pytest.mark.parametrize("data_name, hidden, activation",
+                         [("moons", "[16,8]", "relu"), ("digits", "[12]", "tanh"), ("moons", "[6]", "gelu")])
+def test_evaluation_in_slices_of_members_equals_the_whole_population_at_once(monkeypatch, data_name, hidden,
+                                                                             activation):
+    cfg = compose(f"data={data_name}", f"model.hidden={hidden}", f"model.activation={activation}")
+    data = load_dataset(cfg.data, CPU, torch.float64)
+    population = engine.build(cfg, data, engine.members_of(cfg, list(range(7)))).population
+    monkeypatch.setattr(engine_loop, "EVAL_SLICE_BYTES", 10**12)
+    assert engine_loop.evaluation_slices(population, len(data.x_train)) == [slice(0, 7)]
+    whole = engine_loop.evaluate(population, data)
+
+    widest = max(max(cfg.model.hidden), data.n_outputs)
+    monkeypatch.setattr(engine_loop, "EVAL_SLICE_BYTES", 3 * len(data.x_train) * widest * 8)  # 3 members a slice
+    assert engine_loop.evaluation_slices(population, len(data.x_train)) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    sliced = engine_loop.evaluate(population, data)
+    assert torch.equal(torch.as_tensor(sliced), torch.as_tensor(whole))
+    # and neither is the in-place forward another function than autograd's
+    logits = population.forward(population.leaves, data.x_test)
+    expected = torch.stack([engine_loop.member_losses(logits, data.y_test.expand(7, -1), data.num_classes),
+                            engine_loop.member_accuracies(logits, data.y_test.expand(7, -1), data.num_classes)], 1)
+    assert torch.equal(torch.as_tensor(whole[:, 2:]), expected.detach())
+
+
 def test_the_model_is_initialized_on_the_cpu_then_moved(monkeypatch):
     """Same seed, same weights on every device: the init draws happen on the CPU, then the weights
     move to the data's device (here ``meta``, a device that is not the CPU and holds no values);

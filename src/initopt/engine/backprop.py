@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from initopt.engine.population import activation_stats, stacked_linear
+from initopt.engine.population import activation_stats, nonlinearity, stacked_linear
 
 aten = torch.ops.aten
 
@@ -47,8 +47,6 @@ _BACKWARD = {
     nn.GELU: lambda g, h, z, m: aten.gelu_backward.grad_input(g, z, approximate=m.approximate, grad_input=g),
     nn.Identity: lambda g, h, z, m: g,
 }
-# nonlinearities whose output may overwrite their input (phi' needs only the output)
-_IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_, nn.Identity: lambda z: z}
 
 
 class StackedBackprop:
@@ -78,7 +76,7 @@ class StackedBackprop:
         saved = []  # per layer: its input h_{l-1}, its pre-activation z_l, its output h_l
         for name, has_bias, act in self.layers:
             z = stacked_linear(params, name, has_bias, h)
-            out = self._nonlinearity(act, z)
+            out = z if act is None else nonlinearity(act, z)  # in place where phi' needs only the output
             if act is not None and activations is not None:
                 activations.append(activation_stats(out))
             saved.append((h, z, out))
@@ -99,14 +97,6 @@ class StackedBackprop:
             if act_prev is not None:
                 _BACKWARD[type(act_prev)](delta, h_prev, z_prev, act_prev)
         return losses, [grads[n] for n in self.names]
-
-    @staticmethod
-    def _nonlinearity(act: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
-        """phi(z): in place where phi' needs only the output (z is then not kept)."""
-        if act is None:
-            return z
-        in_place = _IN_PLACE.get(type(act))
-        return in_place(z) if in_place is not None else act(z)
 
     def _loss_and_delta(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_k (K,), d_L = dL_k/dlogits (K, B, out))`` (see module doc)."""

@@ -108,20 +108,23 @@ class Population:
         return [self.params[n] for n in self.names]
 
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor,
-                activations: list | None = None) -> torch.Tensor:
-        """Logits ``(K, B, out)`` of every member; ``x`` is ``(K, B, in)``, or ``(B, in)`` for all.
+                activations: list | None = None, in_place: bool = False) -> torch.Tensor:
+        """Logits ``(K, B, out)`` of the members whose stacked ``params`` are given (``K`` is their
+        first dimension: the population's or a slice of it); ``x`` is ``(K, B, in)``, or
+        ``(B, in)`` for all.
 
         When ``activations`` is a list, each hidden layer's output statistics ``(K, 2)`` (std,
-        mean over all units and examples of a member) are appended to it.
+        mean over all units and examples of a member) are appended to it. ``in_place``: each
+        nonlinearity that has an in-place form overwrites its input (no autograd through it).
         """
         if self._layers is None:
             dims = (0, None) if x.dim() == 2 else (0, 0)
             return vmap(self._call, in_dims=dims)(params, x)
-        h = x if x.dim() == 3 else x.expand(self.k, *x.shape)
+        h = x if x.dim() == 3 else x.expand(params[self.names[0]].shape[0], *x.shape)
         for name, has_bias, act in self._layers:
             h = stacked_linear(params, name, has_bias, h)
             if act is not None:
-                h = act(h)
+                h = nonlinearity(act, h) if in_place else act(h)
                 if activations is not None:
                     activations.append(activation_stats(h))
         return h
@@ -144,6 +147,16 @@ def stacked_linear(params: dict[str, torch.Tensor], name: str, has_bias: bool, h
     """Layer ``name`` of every member: ``h W^T + b``, ``(K, B, out)`` from ``h`` ``(K, B, in)``."""
     w = params[f"{name}.weight"].transpose(1, 2)
     return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w) if has_bias else torch.bmm(h, w)
+
+
+# nonlinearities with an in-place form (their output may overwrite their input)
+IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_, nn.Identity: lambda z: z}
+
+
+def nonlinearity(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``act(z)``, overwriting ``z`` where the nonlinearity has an in-place form (:data:`IN_PLACE`)."""
+    in_place = IN_PLACE.get(type(act))
+    return in_place(z) if in_place is not None else act(z)
 
 
 def activation_stats(h: torch.Tensor) -> torch.Tensor:
