@@ -67,28 +67,79 @@ def test_a_processes_event_files_sort_in_the_order_it_made_them(tmp_path):
     assert [p.name for p in event_files(tmp_path)] == [first.events.path.name, second.events.path.name]
 
 
-def test_runs_read_in_worker_processes_equal_runs_read_here(tmp_path, monkeypatch):
-    """A large sweep's runs are read on every core (``read_runs``): the same series and histograms,
-    in the same order, as reading each here."""
+def assert_same_run(got, expected) -> None:
+    assert got.scalars.keys() == expected.scalars.keys()
+    for tag, series in expected.scalars.items():
+        for field in ("steps", "walltimes", "values"):
+            same = np.array_equal(getattr(got.scalars[tag], field), getattr(series, field), equal_nan=True)
+            assert same, (tag, field)
+    assert list(got.histograms) == list(expected.histograms)
+    for tag, events in expected.histograms.items():
+        assert [(e.wall_time, e.step, e.tensor_proto) for e in got.histograms[tag]] == \
+            [(e.wall_time, e.step, e.tensor_proto) for e in events]
+
+
+def write_a_populations_runs(tmp_path, mirror: bool) -> list:
+    """Three members' runs and their mean run, written as a sweep writes them (every kind of
+    record: rows built for the population at once, a member diverged, window means, evaluations,
+    norms and ratios, histograms, values past float32's range and NaN)."""
+    from initopt.layerstats import Histograms, ParamStats
+    from initopt.probes import PopulationRecords
+    from initopt.sinks import PopulationLogs
+
+    rng = np.random.default_rng(0)
+    names, members = ["fc1.weight", "out.weight"], 3
+    loggers = [RunLogger(tmp_path / f"m{k}", names, heatmap=False, mirror=mirror) for k in range(members)]
+    mean = RunLogger(tmp_path / "mean", names, banded=True, heatmap=False, mirror=mirror)
+    logs = PopulationLogs(loggers, [(mean, [0, 1, 2])], optim=[(0.1, 1.0), (0.1, 1.0), (0.3, 3.0)])
+    for first in (1, 101):
+        steps = np.arange(first, first + 100)
+        rows = rng.random((100, members, len(names) + 1))
+        rows[5, 1, 0], rows[7, 2, 1] = 1e39, np.nan  # past float32's range; not a number
+        logs.write_steps(PopulationRecords(steps, 1e9 + steps * 1e-3, rows, rows.mean(0)), [None, 150, None])
+        logs.write_eval(int(steps[-1]), rng.random((members, 4)), [None, 150 if first > 1 else None, None])
+        hists = {kind: Histograms(steps[::50], rng.random((2, members, len(names), 7)), [6, 2])
+                 for kind in ("weights", "gradients")}
+        logs.write_param_stats(ParamStats(steps[::50], rng.random((2, members, 2)), steps[49::50],
+                                          rng.random((2, members, 2)), hists))
+    logs.write_activations(np.array([1, 50]), rng.random((2, members, 1, 2)), ["act1"])
+    logs.close()
+    return [tmp_path / f"m{k}" for k in range(members)] + [tmp_path / "mean"]
+
+
+def test_a_sweeps_runs_mirrored_as_written_equal_their_reading(tmp_path):
+    """What a sweep writes is not read back at its end: each event file's mirror answers for its
+    run directory (once), with the series and histograms that reading the file gives."""
     import initopt.tbread as tbread
 
-    dirs = []
-    for k in range(3):
-        logger = RunLogger(tmp_path / f"run{k}", ["fc1.weight"])
-        write_steps(logger, range(1, 40), offset=float(k))
-        logger.close()
-        dirs.append(tmp_path / f"run{k}")
-    monkeypatch.setattr(tbread, "PARALLEL_BYTES", 0)  # workers whatever the size
-    monkeypatch.setattr(tbread, "_cores", lambda: 2)  # and on a one-core machine too
-    in_workers = tbread.read_runs(dirs)
-    for run_dir, got in zip(dirs, in_workers, strict=True):
-        here = read_run_events(run_dir)
-        assert got.scalars.keys() == here.scalars.keys()
-        for tag, series in here.scalars.items():
-            for field in ("steps", "walltimes", "values"):
-                assert np.array_equal(getattr(got.scalars[tag], field), getattr(series, field))
-        assert [(e.step, e.tensor_proto) for e in got.histograms["weights/fc1.weight"]] == \
-            [(e.step, e.tensor_proto) for e in here.histograms["weights/fc1.weight"]]
+    dirs = write_a_populations_runs(tmp_path, mirror=True)
+    files = [event_files(d)[0] for d in dirs]
+    assert all(f in tbread._MIRRORS for f in files)
+    mirrored = tbread.read_runs(dirs)
+    assert not any(f in tbread._MIRRORS for f in files)  # taken
+    for run_dir, got in zip(dirs, mirrored, strict=True):
+        assert_same_run(got, read_run_events(run_dir))
+    assert mirrored[1].scalars["loss/batch"].steps[-1] == 150  # the diverged member's rows end where it did
+
+
+def test_a_mirror_does_not_answer_for_a_changed_or_grown_run(tmp_path, monkeypatch):
+    """A run whose file changed since it was written, or that has another event file, is read
+    from its files; so is a run whose mirror went past the budget."""
+    import initopt.tbread as tbread
+
+    dirs = write_a_populations_runs(tmp_path, mirror=True)
+    with open(event_files(dirs[0])[0], "ab") as f:  # a torn record appended
+        f.write(b"\x40\x00")
+    RunLogger(dirs[1], ["fc1.weight"], resume_step=150).close()  # a second file
+    taken = []
+    monkeypatch.setattr(tbread, "read_run_events", lambda d: taken.append(d) or read_run_events(d))
+    tbread.read_runs(dirs)
+    assert taken == dirs[:2]
+
+    monkeypatch.setattr(tbread, "MIRROR_BYTES", 1_000)  # less than a flush of rows
+    over = write_a_populations_runs(tmp_path / "over", mirror=True)
+    assert not any(event_files(d)[0] in tbread._MIRRORS for d in over)
+    assert tbread._held[0] == 0  # the dropped mirrors gave their room back
 
 
 def test_rows_of_scalars_read_in_bulk_equal_tensorboards_reading(tmp_path, monkeypatch):

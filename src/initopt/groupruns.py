@@ -86,7 +86,7 @@ class RunData:
 
 def read_runs(run_dirs: list[Path]) -> list[RunData]:
     """Each directory read as TensorBoard reads it (:func:`initopt.tbread.read_runs`: the same series
-    as its ``EventAccumulator``, ~50x faster, on every core when there is much to read)."""
+    as its ``EventAccumulator``, ~50x faster; what this process wrote, from its mirrors)."""
     return [RunData(events.scalars, events.histograms) for events in tbread.read_runs(run_dirs)]
 
 
@@ -317,6 +317,7 @@ def write_groups(sweep_dir: Path) -> list[Group]:
     mean_runs = sorted({m.job_dir / rundir.MEAN_RUN for m in members if (m.job_dir / rundir.MEAN_RUN).is_dir()})
     dirs = [m.dir for m in members]
     read = dict(zip([*dirs, *mean_runs], read_runs([*dirs, *mean_runs])))
+    tbread.drop_mirrors(sweep_dir)  # of runs that are no member (failed jobs, replica jobs' own)
     runs, mean_data = {d: read[d] for d in dirs}, {d: read[d] for d in mean_runs}
     all_norms = [run.grad_norms(params)[1] for run in runs.values()]
     scale = norm_range(np.concatenate(all_norms)) if all_norms else (1e-3, 1.0)

@@ -7,6 +7,8 @@ rows after the step where it diverged are not written (the step froze it there).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from initopt.engine.loop import METRIC_KEYS
@@ -39,9 +41,10 @@ class PopulationLogs:
         member's window means; a mean run's from the live members."""
         if self.loggers:
             counts = [len(records.steps) if d is None else int((records.steps <= d).sum()) for d in diverged]
-            frames = self.loggers[0].step_rows.frames(records.steps, records.walltimes, records.step_tables(), counts)
+            tables = records.step_tables()
+            frames = self.loggers[0].step_rows.frames(records.steps, records.walltimes, tables, counts)
             for k, logger in enumerate(self.loggers):
-                logger.write_steps(records.member(k, until=diverged[k]), frames[k])
+                logger.write_steps(records.member(k, until=diverged[k]), (frames[k], tables[k, :counts[k]]))
         for aggregate, members in self.aggregates:
             live = np.array([k for k in members if diverged[k] is None] or members)
             aggregate.write_steps(records.reduce(live, np.mean))
@@ -56,9 +59,10 @@ class PopulationLogs:
     def write_param_stats(self, stats: ParamStats) -> None:
         """Each member's own weight norms, update ratios and histograms (a mean run gets none:
         a mean of histograms is none)."""
-        framed = self.loggers[0].param_frames(stats) if self.loggers else []
+        now = time.time()
+        framed = self.loggers[0].param_frames(stats, now) if self.loggers else []
         for k, logger in enumerate(self.loggers):
-            logger.write_param_stats(stats.member(k), framed[k])
+            logger.write_param_stats(stats.member(k), framed[k], now)
 
     def write_eval(self, step: int, table: np.ndarray, diverged: list[int | None]) -> None:
         live = [k for k in range(len(self.loggers)) if diverged[k] is None]

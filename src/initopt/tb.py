@@ -61,6 +61,7 @@ from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard.summary import custom_scalars
 
+from initopt import tbread
 from initopt.hparams import METRICS, Column, Session
 from initopt.layerstats import HIST_FIELDS, Histograms, ParamStats
 from initopt.probes import StepRecords
@@ -93,33 +94,65 @@ class EventFile:
     holds the GIL: more than a tenth of a small MLP's step when every step is logged.
     ``google-crc32c`` does it in C (~0.2 us). The file reads back with TensorBoard's
     own readers like any other.
+
+    ``mirror``: keep what a reader would read of this file as it is written
+    (:class:`initopt.tbread.RunAccumulator`; a sweep's runs, which its group runs then need not read
+    back). Rows written already framed must then say what they hold (``rows`` of
+    :meth:`write_framed`); a mirror past the budget (:func:`initopt.tbread.reserve`) is dropped.
     """
 
-    def __init__(self, logdir: Path, suffix: str = ""):
+    def __init__(self, logdir: Path, suffix: str = "", mirror: bool = False):
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
                 f".{os.getpid()}.{next(_file_counter):08d}{suffix}")  # padded: name order = creation order
         self.path = logdir / name
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self.mirror = tbread.RunAccumulator() if mirror else None
+        self._records = 0
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write(self, event: Event) -> None:
-        self.write_bytes(event.SerializeToString())
+        """Append one ``Event``."""
+        self._file.write(_frame(event.SerializeToString()))
+        if self.mirror is not None:
+            self.mirror.event(self._records, event)
+        self._records += 1
 
-    def write_bytes(self, data: bytes) -> None:
-        """Append one serialized ``Event``."""
-        self._file.write(_frame(data))
-
-    def write_framed(self, records: bytes) -> None:
-        """Append records already in TFRecord framing (:class:`ScalarRows`)."""
+    def write_framed(self, records: bytes, rows: list[tuple] | None = None) -> None:
+        """Append records already in TFRecord framing (:class:`ScalarRows`): with a mirror, ``rows``
+        says what they are, in order: ``(tags, steps, wall times, values (n, tags))`` blocks, one
+        record a row (the values as written: float32)."""
         self._file.write(records)
+        if self.mirror is None:
+            return
+        if rows is None:
+            return self._drop_mirror()
+        for tags, steps, walls, values in rows:
+            n = len(steps)
+            if not n:
+                continue
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, as written
+                values = np.asarray(values, np.float64).reshape(n, len(tags)).astype(np.float32)
+            block = (np.arange(self._records, self._records + n), np.asarray(steps, np.int64),
+                     np.asarray(walls, np.float64), values)
+            if not tbread.reserve(sum(a.nbytes for a in block)):
+                return self._drop_mirror()
+            self.mirror.rows(block[0], tags, *block[1:])
+            self._records += n
+
+    def _drop_mirror(self) -> None:
+        tbread.release(self.mirror.nbytes)
+        self.mirror = None
 
     def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+        if self.mirror is not None:
+            tbread.keep_mirror(self.path, self.mirror)
+            self.mirror = None
 
 
 # ------------------------------------------------------------------------ the layout
@@ -361,7 +394,7 @@ class ScalarRows:
     """
 
     def __init__(self, events: EventFile, tags: list[str]):
-        self.events = events
+        self.events, self.tags = events, list(tags)
         self._event = Event(summary=_scalars(tags, [0.0] * len(tags)))
         self._slots = list(self._event.summary.value)
         field, offsets = row_summary(tags)
@@ -373,7 +406,8 @@ class ScalarRows:
     def write(self, steps: np.ndarray, walltimes: np.ndarray, table: np.ndarray) -> None:
         """Row i of ``table`` at ``steps[i]``, stamped ``walltimes[i]``."""
         if len(steps):
-            self.events.write_framed(self.frames(steps, walltimes, np.asarray(table)[None])[0])
+            self.events.write_framed(self.frames(steps, walltimes, np.asarray(table)[None])[0],
+                                     [(self.tags, steps, walltimes, table)])
 
     def frames(self, steps: np.ndarray, walltimes: np.ndarray, tables: np.ndarray,
                counts: list[int] | None = None) -> list[bytes]:
@@ -439,11 +473,13 @@ class RunLogger:
     ``heatmap``: write the gradient-norm heat map at the end, on the run's own colour scale (a
     single run); in a sweep the group-run callback writes every run's on the sweep's scale.
     ``hist_tensors``: a regex; histograms only of the tensors whose name it finds (None: all).
+    ``mirror``: keep what a reader would read of the run in memory (a sweep's run: see :class:`EventFile`).
     """
 
     def __init__(self, logdir: Path, param_names: list[str], resume_step: int | None = None,
-                 banded: bool = False, heatmap: bool = True, hist_tensors: str | None = None):
-        self.events = EventFile(Path(logdir))
+                 banded: bool = False, heatmap: bool = True, hist_tensors: str | None = None,
+                 mirror: bool = False):
+        self.events = EventFile(Path(logdir), mirror=mirror)
         self.param_names = list(param_names)
         self.heatmap = heatmap
         pattern = re.compile(hist_tensors) if hist_tensors is not None else None
@@ -490,14 +526,16 @@ class RunLogger:
             self._write(session_start_summary(session), step=0)
             self._write(text_pb("config", f"```yaml\n{config_yaml}```"), step=0)
 
-    def write_steps(self, rec: StepRecords, framed: bytes | None = None) -> None:
+    def write_steps(self, rec: StepRecords, framed: tuple[bytes, np.ndarray] | None = None) -> None:
         """One event per recorded step carrying all of that step's scalars; then the window
         means (``grad_norm_smooth/*``, ``grad_summary/mean_norm_smooth``) at the window's last step.
-        ``framed``: those step events already built (:meth:`ScalarRows.frames` over a population)."""
+        ``framed``: those step events already built, and the table of values they hold
+        (:meth:`ScalarRows.frames` over a population)."""
         if framed is None:
             self.step_rows.write(rec.steps, rec.walltimes, _step_table(rec))
         else:
-            self.events.write_framed(framed)
+            records, table = framed
+            self.events.write_framed(records, [(self.step_tags, rec.steps, rec.walltimes, table)])
         if len(rec.steps) and self.heatmap:
             self._norm_steps.append(rec.steps)
             self._norms.append(rec.grad_norms)
@@ -530,26 +568,34 @@ class RunLogger:
         """``optim/torch_lr`` and ``optim/steady_step`` (see :data:`OPTIM_TAGS`) at this step."""
         self.write_scalars(step, list(OPTIM_TAGS), [torch_lr, steady_step])
 
-    def write_param_stats(self, stats: ParamStats, framed: bytes | None = None) -> None:
+    def write_param_stats(self, stats: ParamStats, framed: bytes | None = None, walltime: float | None = None) -> None:
         """``weight_norm/*``, ``update_ratio/*`` and the ``weights/*`` and ``gradients/*``
         histograms of member 0 of ``stats`` (pass ``stats.member(r)`` for replica r).
-        ``framed``: the norm and ratio events already built (:meth:`param_frames` over a population)."""
+        ``framed``: the norm and ratio events already built, stamped ``walltime``
+        (:meth:`param_frames` over a population)."""
         if framed is None:
-            framed = self.param_frames(stats)[0]
-        self.events.write_framed(framed)
+            walltime = time.time()
+            framed = self.param_frames(stats, walltime)[0]
+        rows = [(r.tags, steps, np.full(len(steps), walltime), np.asarray(values)[:, 0])
+                for r, steps, values in self._param_rows(stats)] if self.events.mirror else None
+        self.events.write_framed(framed, rows)
         for kind, hists in stats.histograms.items():
             self._write_histograms(kind, hists)
 
-    def param_frames(self, stats: ParamStats) -> list[bytes]:
+    def param_frames(self, stats: ParamStats, walltime: float) -> list[bytes]:
         """Each member's ``weight_norm/*`` and ``update_ratio/*`` events of ``stats``, framed, built
-        for all members at once (:meth:`ScalarRows.frames`), stamped now."""
+        for all members at once (:meth:`ScalarRows.frames`), stamped ``walltime``."""
         framed = [b""] * stats.weight_norm.shape[1]
-        for prefix, steps, values in (("weight_norm", stats.norm_steps, stats.weight_norm),
-                                      ("update_ratio", stats.ratio_steps, stats.update_ratio)):
-            rows = self._scalar_rows([f"{prefix}/{n}" for n in self.param_names])
-            members = rows.frames(steps, np.full(len(steps), time.time()), np.asarray(values).transpose(1, 0, 2))
+        for rows, steps, values in self._param_rows(stats):
+            members = rows.frames(steps, np.full(len(steps), walltime), np.asarray(values).transpose(1, 0, 2))
             framed = [a + b for a, b in zip(framed, members)]
         return framed
+
+    def _param_rows(self, stats: ParamStats) -> list[tuple[ScalarRows, np.ndarray, np.ndarray]]:
+        """The rows writer, steps and values ``(n, K, tensors)`` of the weight norms, then of the update ratios."""
+        return [(self._scalar_rows([f"{prefix}/{n}" for n in self.param_names]), steps, values)
+                for prefix, steps, values in (("weight_norm", stats.norm_steps, stats.weight_norm),
+                                              ("update_ratio", stats.ratio_steps, stats.update_ratio))]
 
     def _write_histograms(self, kind: str, hists: Histograms) -> None:
         for step, rows in zip(hists.steps.tolist(), hists.rows[:, 0]):

@@ -19,18 +19,16 @@ reservoir), minutes for such a sweep. This reader gives the same series in the s
   with numpy (:func:`scalar_rows`), every other record through the protobuf library: the study's
   runs read ~3x faster (a 1,500-step run ~15 ms, not ~45-55).
 
-A sweep's runs are read in worker processes, one per core, when there is enough to read
-(:func:`read_runs`): the study's 600 runs are ~8.5 million values in ~10^6 records.
+What a sweep wrote in this process is not read back: its event files' mirrors
+(:class:`RunAccumulator`, kept as they were written) answer for them (:func:`read_runs`).
 
-The contract: ``tests/test_tbread.py`` compares it with ``EventAccumulator`` on a resumed run.
+The contract: ``tests/test_tbread.py`` compares it with ``EventAccumulator`` on a resumed run, and
+a mirror with the reading of its file.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import struct
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +38,6 @@ from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
 HEADER = struct.Struct("<QI")
 FOOTER = struct.Struct("<I")
-# Below this many bytes of event files, reading in this process beats starting worker processes
-# (~1 s: a fresh interpreter each); the study's runs are ~100 KB each.
-PARALLEL_BYTES = 16 << 20
 
 
 @dataclass
@@ -218,14 +213,63 @@ def _row_tags(body: bytes) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------ a run
+class RunAccumulator:
+    """A run's scalar series and histograms gathered record by record: as :func:`read_run_events`
+    gathers them from its files, and as an event file written in this process mirrors what it
+    writes (:class:`initopt.tb.EventFile`); one bookkeeping for both, so that they are the same.
+    Each value is numbered by its record's place in the run (the series keep the files' order)."""
+
+    def __init__(self) -> None:
+        # rows of scalars: (record numbers, tags, steps, wall times, values (n, tags), float32 or float64)
+        self.blocks: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]] = []
+        self.slow: dict[str, list[tuple[int, int, float, float]]] = {}  # tag -> (record, step, wall, value)
+        self.histograms: dict[str, list[TensorEvent]] = {}
+        self.plugin: dict[str, str] = {}  # a tag's plugin, from its first summary (a row's: none)
+        self.restarts: list[tuple[int, int]] = []  # (record number, step) of each SessionLog.START
+        self.nbytes = 0  # of the rows' arrays
+
+    def rows(self, index: np.ndarray, tags: list[str], steps: np.ndarray, walltimes: np.ndarray,
+             values: np.ndarray) -> None:
+        """Records ``index`` (in order) are rows of ``tags``: ``values[i]`` at ``steps[i]``, ``walltimes[i]``."""
+        for tag in tags:
+            self.plugin.setdefault(tag, "")
+        self.blocks.append((index, list(tags), steps, walltimes, values))
+        self.nbytes += index.nbytes + steps.nbytes + walltimes.nbytes + values.nbytes
+
+    def event(self, index: int, event: Event) -> None:
+        """Record ``index``, any event: its simple values, its histograms, a resume's START."""
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+            self.restarts.append((index, event.step))
+        step, wall = event.step, event.wall_time
+        for value in event.summary.value:
+            tag = value.tag
+            if tag not in self.plugin:
+                self.plugin[tag] = value.metadata.plugin_data.plugin_name
+            kind = value.WhichOneof("value")
+            if kind == "simple_value":
+                self.slow.setdefault(tag, []).append((index, step, wall, value.simple_value))
+            elif kind == "tensor" and self.plugin[tag] == "histograms":
+                tensor = type(value.tensor)()
+                tensor.CopyFrom(value.tensor)  # a writer may reuse its protos
+                self.histograms.setdefault(tag, []).append(TensorEvent(wall, step, tensor))
+
+    def result(self) -> RunEvents:
+        """Every series in record order, less what a resumed run superseded (:func:`_series`)."""
+        pieces: dict[str, list[tuple[np.ndarray, ...]]] = {}
+        for index, tags, steps, walls, values in self.blocks:
+            for j, tag in enumerate(tags):
+                pieces.setdefault(tag, []).append((index, steps, walls, values[:, j].astype(float)))
+        for tag, found in self.slow.items():
+            index, steps, walls, values = zip(*found)
+            pieces.setdefault(tag, []).append((np.array(index), np.array(steps), np.array(walls, float),
+                                               np.array(values, float)))
+        return RunEvents({tag: _series(parts, self.restarts) for tag, parts in pieces.items()}, self.histograms)
+
+
 def read_run_events(run_dir: Path) -> RunEvents:
     """Every scalar series and histogram of ``run_dir`` (see the module doc): rows of scalars read
-    in bulk (:func:`scalar_rows`), every other record through the protobuf library, each value
-    numbered by its record's place in the run so that the series keep the files' order."""
-    pieces: dict[str, list[tuple[np.ndarray, ...]]] = {}  # tag -> (record number, step, wall, value)
-    histograms: dict[str, list[TensorEvent]] = {}
-    plugin: dict[str, str] = {}
-    restarts: list[tuple[int, int]] = []  # (record number, step) of each SessionLog.START
+    in bulk (:func:`scalar_rows`), every other record through the protobuf library."""
+    run = RunAccumulator()
     base = 0
     for path in event_files(run_dir):
         data = path.read_bytes()
@@ -234,38 +278,17 @@ def read_run_events(run_dir: Path) -> RunEvents:
         layout = np.full(len(spans), -1, np.int64)
         for r, block in enumerate(rows):
             layout[block.index] = r
-            for j, tag in enumerate(block.tags):
-                piece = (base + block.index, block.steps, block.walltimes, block.values[:, j])
-                pieces.setdefault(tag, []).append(piece)
-        slow: dict[str, list[tuple[int, int, float, float]]] = {}
         met = [False] * len(rows)
         for i, r in enumerate(layout.tolist()):
-            if r >= 0:
-                if not met[r]:  # a tag's first summary carries its plugin's metadata (a row's: none)
-                    met[r] = True
-                    for tag in rows[r].tags:
-                        plugin.setdefault(tag, "")
-                continue
-            a, b = spans[i]
-            event = Event.FromString(data[a:b])
-            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-                restarts.append((base + i, event.step))
-            step, wall = event.step, event.wall_time
-            for value in event.summary.value:
-                tag = value.tag
-                if tag not in plugin:
-                    plugin[tag] = value.metadata.plugin_data.plugin_name
-                kind = value.WhichOneof("value")
-                if kind == "simple_value":
-                    slow.setdefault(tag, []).append((base + i, step, wall, value.simple_value))
-                elif kind == "tensor" and plugin[tag] == "histograms":
-                    histograms.setdefault(tag, []).append(TensorEvent(wall, step, value.tensor))
-        for tag, found in slow.items():
-            index, steps, walls, values = zip(*found)
-            pieces.setdefault(tag, []).append((np.array(index), np.array(steps), np.array(walls, float),
-                                               np.array(values, float)))
+            if r < 0:
+                a, b = spans[i]
+                run.event(base + i, Event.FromString(data[a:b]))
+            elif not met[r]:  # a block's tags meet the run at its first record
+                met[r] = True
+                block = rows[r]
+                run.rows(base + block.index, block.tags, block.steps, block.walltimes, block.values)
         base += len(spans)
-    return RunEvents({tag: _series(parts, restarts) for tag, parts in pieces.items()}, histograms)
+    return run.result()
 
 
 def _series(parts: list[tuple[np.ndarray, ...]], restarts: list[tuple[int, int]]) -> Series:
@@ -283,23 +306,58 @@ def _series(parts: list[tuple[np.ndarray, ...]], restarts: list[tuple[int, int]]
     return Series(steps[keep], walls[keep], values[keep])
 
 
+# ------------------------------------------------------------------- runs written in this process
+# A sweep's event files are mirrored as they are written (initopt.tb.EventFile(mirror=True)), so
+# that the group runs at the sweep's end need not read back what this process wrote: the study's
+# 600 runs took 6.0 s to read (7.1 s in two worker processes, where the series cross a pipe). A
+# mirror answers for a run directory whose only event file it is, unchanged since it was closed
+# (size and modification time); anything else is read from the files. Mirrors hold at most
+# MIRROR_BYTES of rows (the study's: ~80 MB); an event file past that is read back.
+MIRROR_BYTES = 512 << 20
+_MIRRORS: dict[Path, tuple[int, int, RunAccumulator]] = {}  # event file -> its size, mtime_ns, mirror
+_held = [0]  # bytes of rows in mirrors, open or kept
+
+
+def reserve(nbytes: int) -> bool:
+    """Room for ``nbytes`` more of mirrored rows (then taken), or False."""
+    if _held[0] + nbytes > MIRROR_BYTES:
+        return False
+    _held[0] += nbytes
+    return True
+
+
+def release(nbytes: int) -> None:
+    _held[0] -= nbytes
+
+
+def keep_mirror(path: Path, mirror: RunAccumulator) -> None:
+    """A closed event file's mirror, kept until a reader takes it (:func:`read_runs`)."""
+    stat = Path(path).stat()
+    _MIRRORS[Path(path)] = (stat.st_size, stat.st_mtime_ns, mirror)
+
+
+def drop_mirrors(under: Path) -> None:
+    """Forget the mirrors of every event file under ``under`` (a sweep whose runs were read)."""
+    for path in [p for p in _MIRRORS if p.is_relative_to(under)]:
+        release(_MIRRORS.pop(path)[2].nbytes)
+
+
+def _mirrored(run_dir: Path) -> RunEvents | None:
+    """The run's series from its event file's mirror, or None. The run's mirrors are taken either
+    way: a second reading reads the files."""
+    files = event_files(run_dir)
+    held = [_MIRRORS.pop(f, None) for f in files]
+    for h in held:
+        if h is not None:
+            release(h[2].nbytes)
+    if len(files) != 1 or held[0] is None:
+        return None
+    size, mtime, mirror = held[0]
+    stat = files[0].stat()
+    return mirror.result() if (stat.st_size, stat.st_mtime_ns) == (size, mtime) else None
+
+
 def read_runs(run_dirs: list[Path]) -> list[RunEvents]:
-    """:func:`read_run_events` of each directory, in order. With more than :data:`PARALLEL_BYTES` of
-    event files, spread over worker processes, one per core; each a fresh interpreter (a fork
-    server; spawned where there is none), never a fork of this process, which may hold torch's threads."""
-    dirs = [Path(d) for d in run_dirs]
-    workers = min(len(dirs), _cores())
-    if workers < 2 or _event_bytes(dirs) < PARALLEL_BYTES:
-        return [read_run_events(d) for d in dirs]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(pool.map(read_run_events, dirs, chunksize=max(1, len(dirs) // (8 * workers))))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _event_bytes(dirs: list[Path]) -> int:
-    return sum(p.stat().st_size for d in dirs for p in event_files(d))
+    """Each directory's :func:`read_run_events`, in order; from its mirror where this process wrote
+    it (see above). Read in this process: on two cores worker processes were slower (above)."""
+    return [_mirrored(Path(d)) or read_run_events(Path(d)) for d in run_dirs]

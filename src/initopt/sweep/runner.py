@@ -202,7 +202,7 @@ def open_sinks(group: TrainingGroup, param_names: list[str], optim: list[tuple[f
     for member, owner in zip(group.members, group.owners):
         plan = owner.plan
         logger = RunLogger(member.dir, param_names, resume_step, heatmap=plan.standalone,
-                           hist_tensors=member.cfg.get("hist_tensors"))
+                           hist_tensors=member.cfg.get("hist_tensors"), mirror=not plan.standalone)
         first = member is plan.members[0]
         experiment = plan.experiment if first and not plan.replicated else None
         logger.write_run_info(plan.sessions["seeds" if plan.replicated else "run"], JOBS.config_yaml(member.cfg),
@@ -212,7 +212,7 @@ def open_sinks(group: TrainingGroup, param_names: list[str], optim: list[tuple[f
     for job in group.jobs:
         if job.plan.replicated and job.mode is not ReplicasMode.SEQUENTIAL and not job.split:
             mean_run = RunLogger(job.plan.output_dir / rundir.MEAN_RUN, param_names, resume_step, banded=True,
-                                 heatmap=job.plan.standalone)
+                                 heatmap=job.plan.standalone, mirror=not job.plan.standalone)
             mean_run.write_run_info(job.plan.sessions["mean"], JOBS.config_yaml(job.plan.cfg), job.plan.experiment)
             aggregates.append((mean_run, group.members_of(job)))
     return PopulationLogs(loggers, aggregates, optim)
