@@ -31,20 +31,21 @@ def exact(x) -> Fraction:
 # ============================================================== gradient descent
 
 
-def _gd_factor_exact(eta: float, s: float) -> Fraction:
+def gd_factor_exact(eta: float, s: float) -> Fraction:
+    """:func:`gd_factor` as an exact rational (of the floats ``eta`` and ``s``)."""
     return 1 - 2 * exact(eta) * exact(s) ** 2
 
 
 def gd_factor(eta: float, s: float) -> float:
     """Error factor of GD on ``(y - s w)^2``: ``w_{t+1} - w* = (1 - 2 eta s^2)(w_t - w*)``, ``w* = y/s``
     (computed exactly, rounded once)."""
-    return float(_gd_factor_exact(eta, s))
+    return float(gd_factor_exact(eta, s))
 
 
 def gd_log_factor(eta: float, s: float) -> float:
     """``ln|1 - 2 eta s^2|`` as ``log1p(|f| - 1)`` with ``|f| - 1`` exact: accurate when ``|f|`` is near 1
     (``ln|f|`` directly when ``|f| < 1/2``; ``-inf`` when ``f = 0``)."""
-    f = abs(_gd_factor_exact(eta, s))
+    f = abs(gd_factor_exact(eta, s))
     if f < Fraction(1, 2):
         return math.log(float(f)) if f else -math.inf
     return math.log1p(float(f - 1))

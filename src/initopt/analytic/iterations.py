@@ -16,6 +16,7 @@ mode may dip below ``eps`` and come back; that dip does not count).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from initopt.analytic import closed_form as cf
 
@@ -45,11 +46,31 @@ def asymptotic_iterations(log_rate: float, eps: float) -> float:
     return steps_for_log_rate(log_rate, eps)
 
 
+# GD counts up to this many steps are settled in exact rational arithmetic: the logs' rounding can
+# put ``t ln|f|`` on the wrong side of ``ln eps`` when ``|f|^t`` is within an ulp of ``eps`` (s =
+# 0.2361..., eta = 0.55 / s^2, eps = 0.01: |f|^2 = 0.010000000000000002 > eps, yet the logs said 2).
+EXACT_COUNT_UP_TO = 20_000
+
+
 def gd_iterations(eta: float, sigmas, eps: float) -> float:
-    """Exact GD count: ``max_i min{t >= 1: |1 - 2 eta s_i^2|^t <= eps}`` (inf if unstable)."""
+    """Exact GD count: ``max_i min{t >= 1: |1 - 2 eta s_i^2|^t <= eps}`` (inf if unstable): from
+    the logs, then settled exactly (:data:`EXACT_COUNT_UP_TO`; beyond, the logs' count)."""
     if not cf.gd_is_stable(eta, sigmas):
         return math.inf
-    return max(steps_for_log_rate(cf.gd_log_factor(eta, s), eps) for s in set(sigmas))
+    counts = []
+    for s in set(sigmas):
+        t = steps_for_log_rate(cf.gd_log_factor(eta, s), eps)
+        counts.append(_settled(t, abs(cf.gd_factor_exact(eta, s)), cf.exact(eps)) if t <= EXACT_COUNT_UP_TO else t)
+    return max(counts)
+
+
+def _settled(t: int, rate: Fraction, eps: Fraction) -> int:
+    """``min{t >= 1: rate^t <= eps}`` (``rate < 1``) from an estimate ``t`` a step or so off."""
+    while t > 1 and rate ** (t - 1) <= eps:
+        t -= 1
+    while rate ** t > eps:
+        t += 1
+    return t
 
 
 def _divided_power_bound(t: int, lam1: complex, lam2: complex, log_rho: float) -> float:
