@@ -161,6 +161,26 @@ def test_members_may_differ_in_init_seed_and_every_optimizer_hyperparameter(fami
     assert_members_equal_separate_runs(cfg, data, members, mode)
 
 
+@pytest.mark.parametrize("mode", ["stacked", "vmap"])
+def test_adam_takes_torchs_fused_kernel_while_it_can_and_its_passes_otherwise(monkeypatch, mode):
+    """A sweep over learning rates (betas and eps shared, every member alive) updates through
+    torch's fused Adam kernel, one call a step; members with their own betas go through the
+    ``_foreach`` passes; both equal torch.optim.Adam member by member."""
+    calls = []
+    real = torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = compose("optim=adam", "steps=25", "optim.weight_decay=0.01")
+    data = load_dataset(cfg.data, CPU, torch.float64)
+    lr_sweep = [optim_cfg("adam", lr=lr, weight_decay=0.01) for lr in (1e-3, 1e-2, 3e-2)]
+    assert_members_equal_separate_runs(cfg, data, [engine.Member(s, cfg.init, o) for s, o in enumerate(lr_sweep)],
+                                       mode)
+    assert len(calls) == cfg.steps
+    calls.clear()
+    betas = [optim_cfg("adam", lr=1e-2, beta1=b1) for b1 in (0.9, 0.5)]
+    assert_members_equal_separate_runs(cfg, data, [engine.Member(s, cfg.init, o) for s, o in enumerate(betas)], mode)
+    assert not calls
+
+
 def test_ten_classes_and_full_batch_work_the_same_way():
     cfg = compose("data=digits", "model.hidden=[16]", "batch_size=1347", "optim=adam")
     data = load_dataset(cfg.data, CPU, torch.float64)

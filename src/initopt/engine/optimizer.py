@@ -21,6 +21,19 @@ compare them in float64):
 always has a momentum buffer (zero for a member whose momentum is 0, as ``torch.optim.SGD``
 without momentum has none), Adam has ``exp_avg``, ``exp_avg_sq`` and the member's own ``step``.
 
+**Adam in one pass.** While every member is alive, on the CPU, with one step count and one
+(beta1, beta2, eps) for all (a sweep over learning rates), Adam's update is torch's own fused
+kernel (``torch._fused_adam_``, what ``torch.optim.Adam(fused=True)`` calls: one pass over g, m
+and v) with lr 1 on a zeroed scratch ``s``, then each member's own lr::
+
+      s <- 0 ;  m, v, s <- fused Adam (lr 1) ;  w <- w + lr s      (s = -m_hat / (sqrt(v_hat) + eps))
+
+the same update as above up to rounding (~1e-13 relative in float64), in ~1/2-1/3 of the time of
+the ten ``torch._foreach_*`` passes (``scripts/bench_adam.py``: 200 toy members 2.2 ms, not 6.6;
+20 members 1.8x, 400 3.1x faster; the deep model's 2.1-2.7x).
+A population the kernel cannot take (members frozen, betas per member, another device) takes the
+passes.
+
 **Frozen members.** A member that is no longer alive (it diverged) does not move, and neither
 does its optimizer state: its coefficients are the neutral ones (lr 0, momentum 1, weight decay
 0, Adam's 1 - b1 0, b2 1, 1 - b2 0, eps 1 (a denominator away from 0), step increment 0) and its
@@ -81,6 +94,17 @@ def _coefficients(family: str, hyper: dict[str, torch.Tensor]) -> dict[str, torc
     return coef
 
 
+def fused_adam_scratch(params: list[torch.Tensor], family: str, hyper: dict[str, list[float]]):
+    """The scratch tensors of Adam's fused path (see module doc), or None where it does not apply:
+    not Adam, not the CPU, a dtype the kernel does not take, or betas or eps that differ between members."""
+    uniform = family == "adam" and all(len(set(hyper[k])) == 1 for k in ("beta1", "beta2", "eps"))
+    usable = (params[0].device.type == "cpu" and params[0].dtype in (torch.float32, torch.float64)
+              and all(p.is_contiguous() for p in params))
+    if not (uniform and usable and hasattr(torch, "_fused_adam_")):
+        return None
+    return [torch.zeros_like(p) for p in params]
+
+
 class PopulationOptimizer:
     """``torch.optim``'s SGD / momentum / Adam for K members at once (see module doc)."""
 
@@ -96,6 +120,7 @@ class PopulationOptimizer:
         self.coef = {k: v.clone() for k, v in self._live.items()}  # what the update uses (set_alive)
         self._neutral = {k: torch.full_like(v, _NEUTRAL[k]) for k, v in self._live.items()}
         self._views = {k: [per_member(v, p) for p in params] for k, v in self.coef.items()}
+        self._scratch = fused_adam_scratch(params, family, hyper)
         self.state: dict[str, list[torch.Tensor] | torch.Tensor] = {}
         if family == "sgd":
             self.state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
@@ -125,19 +150,24 @@ class PopulationOptimizer:
             torch.where(alive, self._live[key], self._neutral[key], out=coef)
 
     @torch.no_grad()
-    def step(self, grads: list[torch.Tensor]) -> None:
-        """One update of every member, its gradients all finite (the eager path while all live)."""
+    def step(self, grads: list[torch.Tensor], all_alive: bool = True) -> None:
+        """One update of every member, its gradients all finite (the eager path while all live;
+        ``all_alive`` False: frozen members' coefficients are the neutral ones)."""
         if self.uses_weight_decay:
             grads = torch._foreach_add(grads, torch._foreach_mul(self.params, self._views["weight_decay"]))
         if self.family == "sgd":
             self._sgd(grads)
+        elif all_alive and self._fusable() and self._one_step_count():
+            self._adam_fused(grads)
         else:
             self._adam(grads)
 
     @torch.no_grad()
     def masked_step(self, grads: list[torch.Tensor], alive: torch.Tensor) -> None:
-        """One update; members not ``alive`` ``(K,)`` keep weights and state (after :meth:`set_alive`)."""
-        self.step([torch.where(per_member(alive, g), g, 0) for g in grads])
+        """One update; members not ``alive`` ``(K,)`` keep weights and state (after :meth:`set_alive`).
+        Every member alive (a false alarm), the update is the plain one's, by the same path."""
+        all_alive = self._fusable() and bool(alive.all())  # (a host read: the fused path is the CPU's)
+        self.step([torch.where(per_member(alive, g), g, 0) for g in grads], all_alive=all_alive)
 
     def _sgd(self, grads: list[torch.Tensor]) -> None:
         direction = grads
@@ -147,6 +177,27 @@ class PopulationOptimizer:
             torch._foreach_add_(bufs, grads)
             direction = bufs
         torch._foreach_addcmul_(self.params, direction, self._views["neg_lr"])
+
+    def _fusable(self) -> bool:
+        """Adam's fused path applies (see module doc), and no graph is being traced (the compiled
+        step keeps the passes: it reads nothing back)."""
+        return self._scratch is not None and not torch.compiler.is_compiling()
+
+    def _one_step_count(self) -> bool:
+        """Every member at the same Adam step (a host read: the fused path is the CPU's)."""
+        t = self.state["step"]
+        return bool((t == t[0]).all())
+
+    def _adam_fused(self, grads: list[torch.Tensor]) -> None:
+        """Adam through torch's fused kernel on a scratch, then each member's lr (see module doc)."""
+        t, scratch = self.state["step"], self._scratch
+        grads = [g if g.is_contiguous() else g.contiguous() for g in grads]  # the kernel walks memory in order
+        t.add_(self.coef["increment"])
+        torch._foreach_zero_(scratch)
+        beta1, beta2, eps = (float(self.hyper[k][0]) for k in ("beta1", "beta2", "eps"))
+        torch._fused_adam_(scratch, grads, self.state["exp_avg"], self.state["exp_avg_sq"], [], [t[0]] * len(scratch),
+                           lr=1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+        torch._foreach_addcmul_(self.params, scratch, self._views["neg_lr"], value=-1)
 
     def _adam(self, grads: list[torch.Tensor]) -> None:
         c, m, v, t = self.coef, self.state["exp_avg"], self.state["exp_avg_sq"], self.state["step"]
