@@ -7,7 +7,7 @@ model), ``--members`` seeds, ``--steps`` steps, evaluations every 500 steps, tra
 interleaved (A B C A B C ...), each a fresh ``engine.build``:
 
 * records:    every member's scalars at every step (log_every=1, flush_every=100) to its own
-              TensorBoard run, as the population launcher writes them;
+              TensorBoard run, as the population launcher writes them (mirrored in memory);
 * drain only: the same recording on the device and the device->host drains, no sinks;
 * arithmetic: the same steps with no records at all (log_every=0, no sinks).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from initopt import engine
+from initopt import engine, tbread
 from initopt.checks import compose_job
 from initopt.data import load_dataset
 from initopt.sinks import PopulationLogs
@@ -46,12 +46,13 @@ def population_fit(steps: int, members: int, log_every: int, logdir: Path | None
     logs = None
     if logdir is not None:
         names = training.population.names
-        logs = PopulationLogs([RunLogger(logdir / f"m{k}", names, heatmap=False) for k in range(members)])
+        logs = PopulationLogs([RunLogger(logdir / f"m{k}", names, heatmap=False, mirror=True) for k in range(members)])
     start, cpu = time.perf_counter(), time.process_time()
     training.fit(logs)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     if logs is not None:
         logs.close()
+        tbread.drop_mirrors(logdir)  # as a sweep's end takes them
     return wall, cpu
 
 
