@@ -576,8 +576,10 @@ class RunLogger:
         if framed is None:
             walltime = time.time()
             framed = self.param_frames(stats, walltime)[0]
-        rows = [(r.tags, steps, np.full(len(steps), walltime), np.asarray(values)[:, 0])
-                for r, steps, values in self._param_rows(stats)] if self.events.mirror else None
+        rows = None  # what the records hold, for a mirror (unknown stamps: the mirror is dropped)
+        if self.events.mirror is not None and walltime is not None:
+            rows = [(r.tags, steps, np.full(len(steps), walltime), np.asarray(values)[:, 0])
+                    for r, steps, values in self._param_rows(stats)]
         self.events.write_framed(framed, rows)
         for kind, hists in stats.histograms.items():
             self._write_histograms(kind, hists)

@@ -165,8 +165,8 @@ EVAL_SLICE_BYTES = 4 << 20
 
 def evaluation_slices(population: Population, n_points: int) -> list[slice]:
     """Consecutive slices of the members, each with at most :data:`EVAL_SLICE_BYTES` of one
-    layer's outputs (``n_points`` x the widest layer) for the batched MLP on the CPU (one member at least); one slice
-    of all on another device, or for a model other than the batched MLP."""
+    layer's outputs (``n_points`` x the widest layer; one member at least), for the batched MLP on
+    the CPU; one slice of all on another device, or for a model other than the batched MLP."""
     k = population.k
     if population.device.type != "cpu" or population.mlp_layers is None:
         return [slice(0, k)]

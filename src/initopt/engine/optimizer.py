@@ -121,6 +121,7 @@ class PopulationOptimizer:
         self._neutral = {k: torch.full_like(v, _NEUTRAL[k]) for k, v in self._live.items()}
         self._views = {k: [per_member(v, p) for p in params] for k, v in self.coef.items()}
         self._scratch = fused_adam_scratch(params, family, hyper)
+        self._fused_betas = {k: hyper[k][0] for k in ("beta1", "beta2", "eps")} if self._scratch is not None else {}
         self.state: dict[str, list[torch.Tensor] | torch.Tensor] = {}
         if family == "sgd":
             self.state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
@@ -194,9 +195,8 @@ class PopulationOptimizer:
         grads = [g if g.is_contiguous() else g.contiguous() for g in grads]  # the kernel walks memory in order
         t.add_(self.coef["increment"])
         torch._foreach_zero_(scratch)
-        beta1, beta2, eps = (float(self.hyper[k][0]) for k in ("beta1", "beta2", "eps"))
         torch._fused_adam_(scratch, grads, self.state["exp_avg"], self.state["exp_avg_sq"], [], [t[0]] * len(scratch),
-                           lr=1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+                           lr=1.0, weight_decay=0.0, amsgrad=False, maximize=False, **self._fused_betas)
         torch._foreach_addcmul_(self.params, scratch, self._views["neg_lr"], value=-1)
 
     def _adam(self, grads: list[torch.Tensor]) -> None:
