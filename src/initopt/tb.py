@@ -116,7 +116,7 @@ class EventFile:
         """Append one ``Event``."""
         self._file.write(_frame(event.SerializeToString()))
         if self.mirror is not None:
-            self.mirror.event(self._records, event)
+            self.mirror.event(self._records, event, owned=False)
         self._records += 1
 
     def write_framed(self, records: bytes, rows: list[tuple] | None = None) -> None:

@@ -236,8 +236,10 @@ class RunAccumulator:
         self.blocks.append((index, list(tags), steps, walltimes, values))
         self.nbytes += index.nbytes + steps.nbytes + walltimes.nbytes + values.nbytes
 
-    def event(self, index: int, event: Event) -> None:
-        """Record ``index``, any event: its simple values, its histograms, a resume's START."""
+    def event(self, index: int, event: Event, owned: bool = True) -> None:
+        """Record ``index``, any event: its simple values, its histograms, a resume's START.
+        ``owned``: the event is this accumulator's to keep (read from a file), else its histogram
+        tensors are copied (a writer's protos)."""
         if event.HasField("session_log") and event.session_log.status == SessionLog.START:
             self.restarts.append((index, event.step))
         step, wall = event.step, event.wall_time
@@ -249,8 +251,10 @@ class RunAccumulator:
             if kind == "simple_value":
                 self.slow.setdefault(tag, []).append((index, step, wall, value.simple_value))
             elif kind == "tensor" and self.plugin[tag] == "histograms":
-                tensor = type(value.tensor)()
-                tensor.CopyFrom(value.tensor)  # a writer may reuse its protos
+                tensor = value.tensor
+                if not owned:
+                    tensor = type(tensor)()
+                    tensor.CopyFrom(value.tensor)
                 self.histograms.setdefault(tag, []).append(TensorEvent(wall, step, tensor))
 
     def result(self) -> RunEvents:

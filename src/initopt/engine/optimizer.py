@@ -122,6 +122,7 @@ class PopulationOptimizer:
         self._views = {k: [per_member(v, p) for p in params] for k, v in self.coef.items()}
         self._scratch = fused_adam_scratch(params, family, hyper)
         self._fused_betas = {k: hyper[k][0] for k in ("beta1", "beta2", "eps")} if self._scratch is not None else {}
+        self._one_step: bool | None = True  # every member at the same Adam step (None: not known, read it)
         self.state: dict[str, list[torch.Tensor] | torch.Tensor] = {}
         if family == "sgd":
             self.state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
@@ -162,6 +163,8 @@ class PopulationOptimizer:
             self._adam_fused(grads)
         else:
             self._adam(grads)
+            if not all_alive:  # frozen members' step counts stood still
+                self._one_step = None
 
     @torch.no_grad()
     def masked_step(self, grads: list[torch.Tensor], alive: torch.Tensor) -> None:
@@ -185,9 +188,13 @@ class PopulationOptimizer:
         return self._scratch is not None and not torch.compiler.is_compiling()
 
     def _one_step_count(self) -> bool:
-        """Every member at the same Adam step (a host read: the fused path is the CPU's)."""
-        t = self.state["step"]
-        return bool((t == t[0]).all())
+        """Every member at the same Adam step: known while every update moved every member (the
+        counts start equal), read back (the fused path is the CPU's) after a masked update or a
+        member's state loaded."""
+        if self._one_step is None:
+            t = self.state["step"]
+            self._one_step = bool((t == t[0]).all())
+        return self._one_step
 
     def _adam_fused(self, grads: list[torch.Tensor]) -> None:
         """Adam through torch's fused kernel on a scratch, then each member's lr (see module doc)."""
@@ -235,6 +242,7 @@ class PopulationOptimizer:
     @torch.no_grad()
     def load_member_state(self, k: int, state: dict) -> None:
         """Slot ``k`` <- a member's optimizer state (from any population, or a single run)."""
+        self._one_step = None  # its step count may be another's
         if state["family"] != self.family:
             raise ValueError(f"the member's optimizer state is of family {state['family']!r}, "
                              f"this population's is {self.family!r}")
