@@ -6,13 +6,25 @@ interpreter's exit. After torch, Hydra and a sweep's configs are loaded that is 
 takes with torch loaded. ``gc.freeze()`` moves every object alive at the call into a permanent
 generation that no collection walks; nothing is freed or finalized differently (objects go when
 their last reference does, as before), only cycles among them are not looked for.
+
+What the exit still spends after that (~0.2 s here: unloading torch's modules and its libraries'
+static destructors, measured ``python -c "import torch, gc; gc.freeze()"`` against the same ending
+in ``os._exit``) buys a finished command nothing: :func:`exit_without_teardown` does what Python's
+exit does that has effects (threads finished, ``atexit`` callbacks: logging's handlers closed,
+child processes of ``multiprocessing`` reaped; the standard streams flushed) and then ends the
+process without tearing the interpreter down.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
-from collections.abc import Iterator
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 
 @contextmanager
@@ -31,6 +43,39 @@ def collector_paused() -> Iterator[None]:
 def freeze_survivors() -> None:
     """Every object alive now out of the collector's sight (``gc.freeze``): called by
     :func:`initopt.train.main` once torch is imported (after the start-up checks, which hold every
-    job's config) and when the command is done (before Python's exit)."""
+    job's config), and by :func:`exit_without_teardown` before an exit that is Python's own."""
     gc.collect()  # what is garbage already goes first, not kept for good
     gc.freeze()
+
+
+def exit_code(status) -> int:
+    """The status a ``SystemExit(status)`` ends a process with: None 0, an integer itself, anything
+    else (a message, already printed by :func:`exit_without_teardown`) 1."""
+    if status is None:
+        return 0
+    return status if isinstance(status, int) else 1
+
+
+def exit_without_teardown(main: Callable[[], object]) -> NoReturn:
+    """Run ``main`` as a command's whole work, then end the process as Python would, less the
+    interpreter's teardown (see above). While another thread still runs, or when ``main`` raises
+    anything but ``SystemExit``, the exit is Python's own (threads joined, the traceback printed).
+    Daemon threads (tqdm's monitor) are ended by either exit alike."""
+    try:
+        main()
+        status = None
+    except SystemExit as stop:
+        status = stop.code
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        freeze_survivors()  # Python's exit then skips walking torch's objects (~0.4 s)
+        sys.exit(status)
+    if status is not None and not isinstance(status, int):
+        print(status, file=sys.stderr)  # as Python prints sys.exit("message")
+    # Python's own callbacks at exit, in its order (no public API runs them; CPython's since 3.0)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(exit_code(status))
