@@ -12,6 +12,8 @@
 6. the population launcher's own time per job: (N-job sweep - 1-job sweep) / (N - 1), 2 steps a
    job (N = 600, the study's grid; 60 with --quick), and where each sweep's time goes, phase by
    phase (the launcher writes them where INITOPT_PHASE_TIMES says)
+   ... and the floor under 4.'s and 6.'s ratios: a 1-job 2-step population sweep's wall time / the
+   plain multirun's (a sweep through any launcher takes at least that start-up and exit)
 8. the homework grid (60 jobs, 1500 steps) on 2 local shards (``+launcher=population_local``) /
    the in-process population launcher
 
@@ -334,6 +336,12 @@ def main() -> None:
         results["launcher_ms_per_job"] = per_job_ms
         rows.append((f"6. launcher's own time per job, ms ({60 if q else 600}-job - 1-job sweep) / 15 ms",
                      per_job_ms / 15, "<= 1"))
+        # The floor under the 8x targets above: a launcher that starts a process pays at least what a
+        # 1-job sweep of 2 steps costs (Python, torch, Hydra, the checks, the exit), whatever it trains.
+        one_job = sweeps["1 job, 2 steps"]["wall"]
+        for label, base in (("4. homework grid", plain), ("6. lr sweep", lr_walls["plain"])):
+            rows.append((f"{label}: floor of population / plain: a 1-job 2-step population sweep / plain",
+                         one_job / base, "< 0.125 for 8x to be reachable"))
         shard_rows, shard_walls = shard_grid(q, tmp)
         rows += shard_rows
         walls.update(shard_walls)
