@@ -48,4 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from initopt.gcfreeze import exit_without_teardown
+
+    exit_without_teardown(lambda: sys.exit(main()))  # without Python's teardown of torch and matplotlib
