@@ -61,3 +61,11 @@ def test_a_thread_still_running_gets_pythons_own_exit_which_waits_for_it(tmp_pat
     done = run("0", "thread", tmp_path=tmp_path)
     assert done.returncode == 0
     assert done.stdout.startswith("work done thread finished atexit ran")
+
+
+def test_under_a_profiler_the_command_returns_to_it_and_its_profile_is_written(tmp_path):
+    (tmp_path / "command.py").write_text(COMMAND)
+    done = run_python("-m", "cProfile", "-o", "command.prof", "command.py", "0", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.startswith("work done atexit ran")
+    assert (tmp_path / "command.prof").stat().st_size > 0  # cProfile writes it after the command returns

@@ -24,7 +24,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 
 @contextmanager
@@ -57,11 +56,36 @@ def exit_code(status) -> int:
     return status if isinstance(status, int) else 1
 
 
-def exit_without_teardown(main: Callable[[], object]) -> NoReturn:
+RUNPY_FRAMES = {"_run_code", "_run_module_as_main"}  # what ``python -m module`` runs a module's code in
+
+
+def ends_the_program(caller) -> bool:
+    """Whether nothing runs after ``caller``'s module code: it is the program's own top (``python
+    file.py``, ``python -c``, a console script) or the module ``python -m`` runs, and no profiler or
+    tracer watches (``python -m cProfile``, ``coverage run`` and any runner that calls a module's
+    code and goes on after it, to write a profile, say, would be cut short)."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return False
+    frame = caller
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    outer = frame.f_back if frame is not None else None
+    while outer is not None:
+        if outer.f_code.co_name not in RUNPY_FRAMES or "runpy" not in outer.f_code.co_filename:
+            return False
+        outer = outer.f_back
+    return frame is not None
+
+
+def exit_without_teardown(main: Callable[[], object]) -> None:
     """Run ``main`` as a command's whole work, then end the process as Python would, less the
     interpreter's teardown (see above). While another thread still runs, or when ``main`` raises
     anything but ``SystemExit``, the exit is Python's own (threads joined, the traceback printed).
-    Daemon threads (tqdm's monitor) are ended by either exit alike."""
+    Daemon threads (tqdm's monitor) are ended by either exit alike. Where something runs after the
+    command (:func:`ends_the_program`), ``main`` is just called."""
+    if not ends_the_program(sys._getframe(1)):
+        main()
+        return
     try:
         main()
         status = None
