@@ -265,6 +265,46 @@ def test_yaml_text_equals_omegaconfs(value):
     assert yamltext.plain_yaml([value]) == OmegaConf.to_yaml(OmegaConf.create([value]))
 
 
+@pytest.mark.parametrize("text", ["lr: 1e-3\nb: 1.5e+2\nc: .5\nd: 1_000\ne: 0x1f\nf: 2026-12-03\ng: .inf\n",
+                                  "a: ${b}\nb: ???\nc: [1, {d: null}]\ne: 'yes'\nf: yes\ng: ~\n", "- x=1\n- y\n",
+                                  "", "plain text\n", "path: !!python/object/apply:pathlib.Path [a, b]\n"])
+def test_yaml_read_back_equals_omegaconfs(tmp_path, text):
+    """``initopt.yamltext.load_plain`` (libyaml's parser, OmegaConf's loader's rules) reads what
+    ``OmegaConf.load`` reads, as plain data: floats without a dot, no timestamps, interpolations as text."""
+    from omegaconf import OmegaConf
+
+    from initopt import yamltext
+
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    assert yamltext.load_plain(path) == OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def test_yaml_read_back_refuses_duplicate_keys_as_omegaconf_does(tmp_path):
+    import yaml
+
+    from initopt import yamltext
+
+    path = tmp_path / "f.yaml"
+    path.write_text("a: 1\nb:\n  c: 2\n  c: 3\n")
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key c"):
+        yamltext.load_plain(path)
+
+
+def test_a_sweeps_hydra_files_read_back_equal_omegaconfs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from initopt import yamltext
+
+    done = run_cli("-m", "+launcher=population", "init=he,zero", "optim.lr=1e-3,0.1", "model.hidden=[8]", "steps=2",
+                   "hydra.sweep.dir=sw", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = sorted(tmp_path.glob("sw/*/.hydra/*.yaml")) + [tmp_path / "sw" / "multirun.yaml"]
+    assert len(files) == 4 * 3 + 1
+    for path in files:
+        assert yamltext.load_plain(path) == OmegaConf.to_container(OmegaConf.load(path), resolve=False), path
+
+
 @pytest.mark.parametrize("value", [0, 7, 599, -3, 10**20, True, "0", "599", "007", "089", "-1", "1_000", "+1",
                                    "\u0663", "1e3", "", "12a", "plain", ["a=1", "b=2"]])
 def test_a_hydra_yaml_piece_is_the_lines_omegaconf_writes_for_it(value):

@@ -18,7 +18,7 @@ from conftest import read_metrics, run_cli
 from initopt.report import activations, figures, heatmaps, optimizers
 from initopt.report.__main__ import main as report_main
 from initopt.report.build import build, load
-from initopt.report.collect import WEIGHT_MEAN, Group, Run
+from initopt.report.collect import WEIGHT_MEAN, Group, Run, read_scalars
 from initopt.report.stats import mean_sd, seed_stats
 from initopt.report.style import (
     BAND_LABEL,
@@ -63,6 +63,24 @@ def test_the_report_writes_its_files(sweep):
     page = (rep / "report.md").read_text()
     assert "![Training curves](training_curves.png)" in page and "| run |" in page
     assert "**Jobs:** 8 of 8 jobs finished." in page
+
+
+def test_each_runs_scalars_are_what_tensorboards_own_reader_reads(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sw, _ = sweep
+    runs = sorted(p.parent for p in sw.glob("*/metrics.json"))
+    assert len(runs) == 8
+    for run in runs:
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        ours = read_scalars(run)
+        assert sorted(ours) == sorted(acc.Tags()["scalars"])
+        for tag, (steps, values) in ours.items():
+            events = acc.Scalars(tag)
+            np.testing.assert_array_equal(steps, [e.step for e in events])
+            np.testing.assert_array_equal(values, [e.value for e in events])
+            assert values.dtype == np.float64
 
 
 def test_the_page_states_the_fixed_settings_from_the_jobs_configs(sweep):

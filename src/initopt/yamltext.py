@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
+from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper, get_yaml_loader
 
 from initopt.values import plain_copy
 
@@ -29,6 +29,41 @@ class _LibyamlDumper(getattr(yaml, "CDumper", yaml.Dumper)):
 
 
 _LibyamlDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+class _LibyamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """libyaml's parser with OmegaConf's loader's rules: its implicit resolvers (``1e-3`` a float, no
+    timestamps), its constructors and its refusal of a mapping's duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag != yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG:
+                continue
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"found duplicate key {key_node.value}", key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_LibyamlLoader.yaml_implicit_resolvers = {key: list(resolvers)
+                                          for key, resolvers in get_yaml_loader().yaml_implicit_resolvers.items()}
+_LibyamlLoader.yaml_constructors = dict(get_yaml_loader().yaml_constructors)
+
+
+def load_plain(path) -> dict | list:
+    """``OmegaConf.to_container(OmegaConf.load(path), resolve=False)`` through
+    libyaml's parser: a sweep's ``.hydra/`` files read back by the report, ~10x faster than
+    OmegaConf's pure-Python parser and its nodes. A file holding anything but a mapping or a list goes
+    through OmegaConf itself."""
+    with open(path, encoding="utf-8") as f:
+        loaded = yaml.load(f, Loader=_LibyamlLoader)
+    if loaded is None:  # an empty file: OmegaConf's empty config
+        return {}
+    if isinstance(loaded, (dict, list)):
+        return loaded
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def config_yaml(cfg) -> str:

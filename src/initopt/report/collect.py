@@ -59,18 +59,13 @@ class Run:
 
 
 def read_scalars(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar series in ``directory``, ``tag -> (steps, values)``, through TensorBoard's reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """Every scalar series in ``directory``, ``tag -> (steps, values)``, as TensorBoard's
+    ``EventAccumulator`` reads them, through :func:`initopt.tbread.read_run_events` (the same series,
+    tested against it; the accumulator checks each record's CRC in pure Python: ~0.3 s a study run)."""
+    from initopt.tbread import read_run_events
 
-    if not any(directory.glob("events.out.tfevents*")):
-        return {}
-    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags()["scalars"]:
-        events = acc.Scalars(tag)
-        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float))
-    return out
+    return {tag: (series.steps, series.values.astype(float))
+            for tag, series in read_run_events(directory).scalars.items()}
 
 
 def choices_of(job: Job) -> dict[str, str]:

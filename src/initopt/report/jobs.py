@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from initopt import yamltext
 from initopt.rundir import CHECKPOINT, LOCK, METRICS, SAME_RUN_AS, RunLock  # the run directory's one owner
 
 MARKERS = (".hydra", METRICS, CHECKPOINT, LOCK)
@@ -48,7 +49,7 @@ class Job:
 
 
 def _load_yaml(path: Path):
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else None
+    return yamltext.load_plain(path) if path.exists() else None
 
 
 def _read_hydra_files(job: Job) -> None:
