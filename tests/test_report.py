@@ -202,6 +202,20 @@ def test_colour_is_the_init_and_line_style_the_optimizer_in_every_figure(grid):
     assert at_init == [INIT_COLOURS[i] for i in ("zero", "normal", "he")]
 
 
+def test_with_another_choice_varying_the_legend_has_an_entry_per_choice_not_per_line(sweep):
+    """init x lr (2 x 2 groups): colour per init, line style per optimizer, marker and shade per lr;
+    the study's 60 lines are 4 + 3 + 5 entries, not 60."""
+    sw, _ = sweep
+    read = load(sw)
+    assert len(read.groups) == 4
+    fig = figures.weight_gradients(read.groups, read.styles, "t")
+    legend = next(ax.get_legend() for ax in fig.axes if ax.get_legend())
+    assert [t.get_text() for t in legend.get_texts()] == ["zero", "he", "sgd", "optim.lr=0.05", "optim.lr=0.2"]
+    by_lr = {g.choice["optim.lr"]: read.styles.of(g).marker for g in read.groups}
+    assert [h.get_marker() for h in legend.legend_handles[3:]] == [by_lr["0.05"], by_lr["0.2"]]
+    assert by_lr["0.05"] != by_lr["0.2"]
+
+
 def test_sparse_curves_have_markers_and_the_legend_has_its_own_panel(grid):
     fig = figures.training_curves(grid.groups, grid.styles, "")
     accuracy, legend_panel = fig.axes[2], fig.axes[5]

@@ -95,8 +95,8 @@ def weight_gradients(groups: list[Group], styles: Styles, title: str):
         return None
     cols = min(4, len(names) + 1)
     rows = -(-(len(names) + 1) // cols)
-    fig, axes = st.plt().subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False,
-                                  constrained_layout=True)
+    height = max(3.4 * rows, 0.19 * styles.legend_lines(groups) + 1.0)  # the legend's panel holds it all
+    fig, axes = st.plt().subplots(rows, cols, figsize=(4.2 * cols, height), squeeze=False, constrained_layout=True)
     for ax, name in zip(axes.flat, names):
         draw(ax, groups, styles, f"grad_norm/{name}", log_x=True, log_y=True)
         ax.set_title(f"||grad {name}||")

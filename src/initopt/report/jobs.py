@@ -117,7 +117,7 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     sweep_dir = Path(sweep_dir)
     found = {p.parent for marker in MARKERS for p in sweep_dir.rglob(marker)
              if ".submitit" not in p.parts}
-    outermost = [d for d in found if not any(o != d and o in d.parents for o in found)]
+    outermost = [d for d in found if not any(parent in found for parent in d.parents)]  # not within another
     jobs = sorted((classify(d) for d in outermost), key=lambda j: (j.number, str(j.path)))
     return one_per_config(jobs)
 

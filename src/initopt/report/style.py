@@ -31,6 +31,7 @@ EXTRA_MARKERS = ("D", "P", "X", "*")
 OPTIM_STYLES = {"sgd": "-", "momentum": "--", "adam": ":"}
 EXTRA_STYLES = ("-.", (0, (5, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)))
 REST_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+REST_GREY = "#3c3c3c"  # the legend's stand-in for an init's colour, lightened as each line of that choice is
 ZERO_COLOUR = "#22c4c4"  # exact zeros in the heat maps: outside the magma colour map
 ZERO_LABEL = "exactly 0"
 DPI = 150
@@ -112,6 +113,11 @@ class Styles:
         targets = np.arange(start, logs[-1], MARK_DECADES)
         return sorted({int(positive[min(np.searchsorted(logs, t), len(logs) - 1)]) for t in targets})
 
+    def legend_lines(self, groups: list[Group]) -> int:
+        """How many text lines :meth:`legend` draws (its entries, title and note, in one column)."""
+        entries = len(self.inits) + len(self.optims) + (len(self.rests) if len(self.rests) > 1 else 0)
+        return entries + 2 + 3
+
     def legend(self, ax, groups: list[Group], note: str) -> None:
         """The legend in its own (otherwise empty) axes: colour = init and line style = optimizer,
         or one entry per line when another choice varies too; ``note`` below it."""
@@ -123,11 +129,14 @@ class Styles:
                               markersize=7, label=i) for i in self.inits]
             handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
             title = f"colour and marker: init ({COLOUR_NOTE})\nline style: optimizer"
-        else:
-            lines = {self.label(g): g for g in groups}
-            handles = [Line2D([], [], **{k: v for k, v in self.kwargs(g).items() if k != "markevery"}, label=lab)
-                       for lab, g in lines.items()]
-            title = ("colour: init · line style: optimizer\nshade and marker: "
+        else:  # one entry per choice, not per line: the study's 60 lines are 4 + 3 + 5 entries
+            handles = [Line2D([], [], color=self.colours[i], lw=3, label=i) for i in self.inits]
+            handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
+            handles += [Line2D([], [], color=_lighter(REST_GREY, 0.55 * k / (len(self.rests) - 1)), lw=1.5,
+                               marker=REST_MARKERS[k % len(REST_MARKERS)], markerfacecolor="none", markersize=7,
+                               label=",".join(f"{key}={value}" for key, value in rest))
+                        for k, rest in enumerate(self.rests)]
+            title = ("colour: init · line style: optimizer\nmarker and lighter shade: "
                      + ", ".join(k for k, _ in self.rests[0]))
         ax.legend(handles=handles, title=title, loc="upper left", fontsize=8, title_fontsize=8,
                   ncol=2 if len(handles) > 14 else 1, frameon=False)
