@@ -31,25 +31,21 @@ class _LibyamlDumper(getattr(yaml, "CDumper", yaml.Dumper)):
 _LibyamlDumper.add_representer(str, OmegaConfDumper.str_representer)
 
 
-class _LibyamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """libyaml's parser with OmegaConf's loader's rules: its implicit resolvers (``1e-3`` a float, no
-    timestamps), its constructors and its refusal of a mapping's duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag != yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG:
-                continue
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
-                                                        f"found duplicate key {key_node.value}", key_node.start_mark)
-            seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+_OmegaConfLoader = get_yaml_loader()  # OmegaConf's rules: 1e-3 a float, no timestamps, no duplicate keys
 
 
-_LibyamlLoader.yaml_implicit_resolvers = {key: list(resolvers)
-                                          for key, resolvers in get_yaml_loader().yaml_implicit_resolvers.items()}
-_LibyamlLoader.yaml_constructors = dict(get_yaml_loader().yaml_constructors)
+_LOADER = _OmegaConfLoader
+if yaml.__with_libyaml__:
+    class _LibyamlLoader(yaml.cyaml.CParser, _OmegaConfLoader):
+        """OmegaConf's loader on libyaml's parser (as PyYAML builds ``CSafeLoader``: the C parser, then
+        the constructor and resolver, here OmegaConf's own)."""
+
+        def __init__(self, stream):
+            yaml.cyaml.CParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+    _LOADER = _LibyamlLoader
 
 
 def load_plain(path) -> dict | list:
@@ -58,7 +54,7 @@ def load_plain(path) -> dict | list:
     OmegaConf's pure-Python parser and its nodes. A file holding anything but a mapping or a list goes
     through OmegaConf itself."""
     with open(path, encoding="utf-8") as f:
-        loaded = yaml.load(f, Loader=_LibyamlLoader)
+        loaded = yaml.load(f, Loader=_LOADER)
     if loaded is None:  # an empty file: OmegaConf's empty config
         return {}
     if isinstance(loaded, (dict, list)):

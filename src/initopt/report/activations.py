@@ -76,7 +76,7 @@ def activations_by_depth(groups: list[Group], styles: Styles, title: str):
     note = st.seeds_note(groups).split("\n")[0]
     if init_only and end_steps:
         note += "\nactivations at init only (replicas): " + ", ".join(init_only)
-    styles.legend(legend_ax, groups, note)
+    styles.legend(legend_ax, note)
     fig.suptitle(title + "\nactivations by depth", fontsize=10)
     return fig
 

@@ -77,7 +77,7 @@ def training_curves(groups: list[Group], styles: Styles, title: str):
         ax.tick_params(labelbottom=True)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    styles.legend(axes.flat[5], groups, st.seeds_note(groups) + "\nper-step curves: log-spaced bin means")
+    styles.legend(axes.flat[5], st.seeds_note(groups) + "\nper-step curves: log-spaced bin means")
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -95,7 +95,7 @@ def weight_gradients(groups: list[Group], styles: Styles, title: str):
         return None
     cols = min(4, len(names) + 1)
     rows = -(-(len(names) + 1) // cols)
-    height = max(3.4 * rows, 0.19 * styles.legend_lines(groups) + 1.0)  # the legend's panel holds it all
+    height = max(3.4 * rows, 0.19 * styles.legend_lines() + 1.0)  # the legend's panel holds it all
     fig, axes = st.plt().subplots(rows, cols, figsize=(4.2 * cols, height), squeeze=False, constrained_layout=True)
     for ax, name in zip(axes.flat, names):
         draw(ax, groups, styles, f"grad_norm/{name}", log_x=True, log_y=True)
@@ -103,7 +103,7 @@ def weight_gradients(groups: list[Group], styles: Styles, title: str):
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(names) + 1:]:
         ax.set_visible(False)
-    styles.legend(axes.flat[len(names)], groups, st.seeds_note(groups))
+    styles.legend(axes.flat[len(names)], st.seeds_note(groups))
     fig.suptitle(title + "\ngradient L2 norm of each weight tensor", fontsize=10)
     return fig
 
@@ -128,7 +128,7 @@ def lr_sensitivity(groups: list[Group], lr_key: str, title: str):
     ax.set(xscale="log", xlabel=f"learning rate ({lr_key})", ylabel="final held-out accuracy", ylim=(-0.02, 1.02),
            title="learning-rate sensitivity")
     ax.grid(alpha=0.3)
-    styles.legend(legend_ax, groups, "mean over the n finished seeds,\nbar: lowest to highest seed;\n"
+    styles.legend(legend_ax, "mean over the n finished seeds,\nbar: lowest to highest seed;\n"
                   "no bar: n = 1; no point: diverged")
     fig.suptitle(title, fontsize=10)
     return fig

@@ -31,6 +31,7 @@ EXTRA_MARKERS = ("D", "P", "X", "*")
 OPTIM_STYLES = {"sgd": "-", "momentum": "--", "adam": ":"}
 EXTRA_STYLES = ("-.", (0, (5, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)))
 REST_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+NOTE_LINES = 3  # a legend's note below it: the seeds, the band, how curves are binned
 REST_GREY = "#3c3c3c"  # the legend's stand-in for an init's colour, lightened as each line of that choice is
 ZERO_COLOUR = "#22c4c4"  # exact zeros in the heat maps: outside the magma colour map
 ZERO_LABEL = "exactly 0"
@@ -87,9 +88,12 @@ class Styles:
         colour = self.colours[group.init]
         if len(self.rests) < 2:
             return LineStyle(colour, self.dashes[group.optim], None)
-        k = self.rests.index(self._rest(group))
-        return LineStyle(_lighter(colour, 0.55 * k / (len(self.rests) - 1)), self.dashes[group.optim],
-                         REST_MARKERS[k % len(REST_MARKERS)])
+        shade, marker = self._rest_look(colour, self.rests.index(self._rest(group)))
+        return LineStyle(shade, self.dashes[group.optim], marker)
+
+    def _rest_look(self, colour: str, k: int) -> tuple[str, str]:
+        """The shade of ``colour`` and the marker of the k-th combination of the other choices."""
+        return _lighter(colour, 0.55 * k / (len(self.rests) - 1)), REST_MARKERS[k % len(REST_MARKERS)]
 
     def kwargs(self, group: Group, sparse: bool = False) -> dict:
         """``ax.plot`` keywords. The marker says the init (or, when another choice varies, that
@@ -113,31 +117,36 @@ class Styles:
         targets = np.arange(start, logs[-1], MARK_DECADES)
         return sorted({int(positive[min(np.searchsorted(logs, t), len(logs) - 1)]) for t in targets})
 
-    def legend_lines(self, groups: list[Group]) -> int:
-        """How many text lines :meth:`legend` draws (its entries, title and note, in one column)."""
-        entries = len(self.inits) + len(self.optims) + (len(self.rests) if len(self.rests) > 1 else 0)
-        return entries + 2 + 3
-
-    def legend(self, ax, groups: list[Group], note: str) -> None:
-        """The legend in its own (otherwise empty) axes: colour = init and line style = optimizer,
-        or one entry per line when another choice varies too; ``note`` below it."""
+    def legend_entries(self) -> tuple[list, str]:
+        """The legend's handles and title: colour = init, line style = optimizer, and, when another
+        choice varies too, one entry per combination of the others (its marker and grey shade):
+        one entry per choice, not per line (the study's 60 lines are 4 + 3 + 5 entries)."""
         from matplotlib.lines import Line2D
 
+        by_rest = len(self.rests) >= 2
+        init_marker = (lambda i: {}) if by_rest else \
+            (lambda i: {"marker": self.markers[i], "markerfacecolor": "none", "markersize": 7})
+        handles = [Line2D([], [], color=self.colours[i], lw=3, label=i, **init_marker(i)) for i in self.inits]
+        handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
+        if not by_rest:
+            return handles, f"colour and marker: init ({COLOUR_NOTE})\nline style: optimizer"
+        for k, rest in enumerate(self.rests):
+            shade, marker = self._rest_look(REST_GREY, k)
+            handles.append(Line2D([], [], color=shade, lw=1.5, marker=marker, markerfacecolor="none", markersize=7,
+                                  label=",".join(f"{key}={value}" for key, value in rest)))
+        return handles, "colour: init · line style: optimizer\nmarker and lighter shade: " + ", ".join(
+            k for k, _ in self.rests[0])
+
+    def legend_lines(self) -> int:
+        """How many text lines :meth:`legend` draws in one column: its entries, its title and a note
+        of up to :data:`NOTE_LINES`."""
+        handles, title = self.legend_entries()
+        return len(handles) + title.count("\n") + 1 + NOTE_LINES
+
+    def legend(self, ax, note: str) -> None:
+        """The legend (:meth:`legend_entries`) in its own (otherwise empty) axes; ``note`` below it."""
         ax.axis("off")
-        if len(self.rests) < 2:
-            handles = [Line2D([], [], color=self.colours[i], lw=3, marker=self.markers[i], markerfacecolor="none",
-                              markersize=7, label=i) for i in self.inits]
-            handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
-            title = f"colour and marker: init ({COLOUR_NOTE})\nline style: optimizer"
-        else:  # one entry per choice, not per line: the study's 60 lines are 4 + 3 + 5 entries
-            handles = [Line2D([], [], color=self.colours[i], lw=3, label=i) for i in self.inits]
-            handles += [Line2D([], [], color="black", linestyle=self.dashes[o], lw=1.6, label=o) for o in self.optims]
-            handles += [Line2D([], [], color=_lighter(REST_GREY, 0.55 * k / (len(self.rests) - 1)), lw=1.5,
-                               marker=REST_MARKERS[k % len(REST_MARKERS)], markerfacecolor="none", markersize=7,
-                               label=",".join(f"{key}={value}" for key, value in rest))
-                        for k, rest in enumerate(self.rests)]
-            title = ("colour: init · line style: optimizer\nmarker and lighter shade: "
-                     + ", ".join(k for k, _ in self.rests[0]))
+        handles, title = self.legend_entries()
         ax.legend(handles=handles, title=title, loc="upper left", fontsize=8, title_fontsize=8,
                   ncol=2 if len(handles) > 14 else 1, frameon=False)
         ax.text(0.0, 0.0, note, transform=ax.transAxes, fontsize=8, va="bottom", wrap=True)
