@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_python
 from omegaconf import OmegaConf
 from test_data import fake_mnist_dir
 
@@ -26,6 +26,7 @@ from initopt.config import ConfigError, clip_words, load_error_cause
 from initopt.data import load_dataset
 from initopt.datafiles import min_generated_samples
 from initopt.engine.checkpoint import load as load_checkpoint
+from initopt.signals import interrupt_deferred
 from initopt.threads import DEFAULT_THREADS, choose_threads
 
 CPU = torch.device("cpu")
@@ -244,6 +245,47 @@ def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert "interrupted" in err
+
+
+# python -c CTRL_C_IN_TORCH_IMPORT <args>: initopt.train, with Ctrl-C pressed as torch's import
+# reaches its C++ library (an import hook raises SIGINT when torch._C is looked up)
+CTRL_C_IN_TORCH_IMPORT = """
+import atexit, signal, sys
+class CtrlCAtTorchC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._C":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlCAtTorchC())
+atexit.register(lambda: print("torch loaded:", hasattr(sys.modules.get("torch"), "Tensor")))
+from initopt.train import cli
+sys.argv = ["initopt.train", *sys.argv[1:]]
+cli()
+"""
+
+
+def test_ctrl_c_inside_torchs_import_waits_for_it_then_is_one_line_and_exit_130(tmp_path):
+    """A KeyboardInterrupt raised inside torch's C++ initialisation aborted the process ("terminate
+    called after throwing an instance of 'pybind11::error_already_set'", signal 6) or was swallowed
+    there: Ctrl-C is held back until the import is done, then ends the command as above."""
+    proc = run_python("-c", CTRL_C_IN_TORCH_IMPORT, "steps=20", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "torch loaded: True" in proc.stdout
+    assert not (tmp_path / "run").exists()  # no job started
+
+
+def test_interrupt_deferred_raises_after_the_body_and_restores_the_handler():
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt_deferred():
+            signal.raise_signal(signal.SIGINT)
+            finished.append(True)  # the body goes on past the signal
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with interrupt_deferred():  # no signal: nothing raised
+        pass
 
 
 # ------------------------------------------------------------------------- seeds' ranges

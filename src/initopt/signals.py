@@ -1,8 +1,34 @@
-"""SIGINT / SIGTERM as a request to stop at the next step (the loop then checkpoints)."""
+"""SIGINT / SIGTERM as a request to stop at the next step (the loop then checkpoints); Ctrl-C held
+back while torch's libraries initialise."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """SIGINT (Ctrl-C) held back while the body runs and raised as ``KeyboardInterrupt`` once it ends.
+
+    For importing torch: its C++ initialisation calls back into Python, and a ``KeyboardInterrupt``
+    raised in such a call aborts the process ("terminate called after throwing an instance of
+    'pybind11::error_already_set'", signal 6: 2 of 80 Ctrl-C sent 0-1 s into the import) or is
+    swallowed there. Outside the main thread (where no handler can be set) the body just runs.
+    """
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 class StopSignals:

@@ -35,6 +35,7 @@ try:  # Ctrl-C while importing is one line and exit 130, not an import traceback
     from initopt.checks import user_error_line
     from initopt.config import ConfigError
     from initopt.rundir import DirectoryInUse, release_held_locks
+    from initopt.signals import interrupt_deferred
     from initopt.sweep import summary
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
@@ -186,7 +187,7 @@ def main() -> None:
     process holds is released, one line, exit 130."""
     try:
         if check_command_line(sys.argv[1:]):  # it runs jobs: torch is needed
-            with collector_paused():
+            with collector_paused(), interrupt_deferred():  # Ctrl-C acted on once torch is loaded
                 import initopt.tb  # noqa: F401 - torch and the TensorBoard writer, imported anyway
             freeze_survivors()
         hydra_main()
