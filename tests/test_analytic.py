@@ -514,3 +514,13 @@ def test_the_cli_answers_the_80_decade_case_in_range():
     assert out["optimal_log_rate"] == pytest.approx(float(_mp_log_rate(out["optimal_eta"], 0.5, [1e-20, 1e20])),
                                                     rel=1e-9)
     assert -1e-79 < out["optimal_log_rate"] < 0
+
+
+def test_ctrl_c_while_checking_the_claims_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("initopt.analytic.claims.all_claims", interrupted)
+    assert main([]) == 130
+    out, err = capsys.readouterr()
+    assert err == "initopt.analytic: interrupted\n" and out == ""

@@ -16,6 +16,7 @@ import pytest
 from conftest import read_metrics, run_cli
 
 from initopt.report import activations, figures, heatmaps, optimizers
+from initopt.report import build as build_module
 from initopt.report.__main__ import main as report_main
 from initopt.report.build import build, load
 from initopt.report.collect import WEIGHT_MEAN, Group, Run, read_scalars
@@ -345,6 +346,38 @@ def test_nothing_usable_is_a_one_line_error(sweep, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert "holds no finished job to report (0 of 8 jobs finished; 8 running" in err
     assert not (sw / "report").exists()
+
+
+def test_ctrl_c_while_drawing_leaves_the_earlier_report_whole_one_line_exit_130(sweep, tmp_path, capsys,
+                                                                               monkeypatch):
+    sw, earlier = sweep
+    out = tmp_path / "rep"
+    shutil.copytree(earlier, out)
+    (out / "summary.md").write_text("the earlier summary\n")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    real_save, saved = build_module.save, []
+
+    def save_then_ctrl_c(fig, path):  # the second figure is interrupted
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(build_module, "save", save_then_ctrl_c)
+    code, err = _exit_and_stderr([str(sw), "--out", str(out)], capsys)
+    assert code == 130 and err.count("\n") == 1 and "interrupted: nothing written" in err, err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # not one file of the new report
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # and no half-written folder beside it
+
+
+def test_a_new_report_replaces_the_earlier_ones_files(sweep, tmp_path):
+    sw, earlier = sweep
+    out = tmp_path / "rep"
+    shutil.copytree(earlier, out)
+    (out / "summary.md").write_text("the earlier summary\n")
+    assert report_main([str(sw), "--out", str(out), "--target-accuracy", "0.6"]) == 0  # as the fixture
+    assert (out / "summary.md").read_bytes() == (earlier / "summary.md").read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]
 
 
 def test_an_empty_folder_or_a_bad_target_is_a_clear_error(tmp_path, capsys):

@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from initopt.gcfreeze import collector_paused, exit_without_teardown, freeze_survivors
+from initopt.signals import INTERRUPTED_EXIT, interrupt_deferred
 
 INTERRUPTED = ("initopt.train: interrupted outside training (nothing to checkpoint): no lock is left and nothing "
                "is half-written; rerun the same command to go on (finished jobs are kept)")
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 try:  # Ctrl-C while importing is one line and exit 130, not an import traceback (torch: in main, below)
     import hydra
@@ -35,7 +35,6 @@ try:  # Ctrl-C while importing is one line and exit 130, not an import traceback
     from initopt.checks import user_error_line
     from initopt.config import ConfigError
     from initopt.rundir import DirectoryInUse, release_held_locks
-    from initopt.signals import interrupt_deferred
     from initopt.sweep import summary
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)

@@ -21,6 +21,7 @@ from fractions import Fraction
 
 from initopt.analytic import closed_form as cf
 from initopt.analytic import iterations as it
+from initopt.signals import INTERRUPTED_EXIT, interrupt_deferred
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -273,7 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         _print_query(momentum_query(args.sigmas, args.beta, args.eta, args.eps), args.json)
         return 0
 
-    from initopt.analytic.claims import all_claims
+    try:
+        return _check_claims(args)
+    except KeyboardInterrupt:
+        print("initopt.analytic: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def _check_claims(args: argparse.Namespace) -> int:
+    """Every claim checked against autograd and printed; the figures written when asked; 1 if a
+    claim fails."""
+    with interrupt_deferred():  # Ctrl-C inside torch's import would abort (initopt.signals)
+        from initopt.analytic.claims import all_claims
 
     claims = all_claims(args.seed)
     if args.json:

@@ -8,7 +8,8 @@ the learning rate) and ``report.md``, one page that puts them together.
 
 Jobs still running (no ``metrics.json``, a ``checkpoint.pt`` or a ``.initopt.lock``) or with
 unreadable files are skipped and listed ("3 of 4 jobs finished; 1 running: ..."); the report
-is written from the rest (exit 0). Exit 2 when no job is usable.
+is written from the rest (exit 0). Exit 2 when no job is usable. The report is written whole or not
+at all: Ctrl-C leaves ``--out`` as it was (one line, exit 130).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from initopt.report.build import NothingUsable, build
 from initopt.rundir import creatable_problem
+from initopt.signals import INTERRUPTED_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         page, progress = build(args.sweep_dir, out, args.target_accuracy)
     except NothingUsable as err:
         parser.exit(2, f"initopt.report: error: {err}\n")
+    except KeyboardInterrupt:  # build writes a whole report or nothing (initopt.report.build.staged)
+        parser.exit(INTERRUPTED_EXIT, f"initopt.report: interrupted: nothing written, {str(out)!r} is as it "
+                                      "was; run the same command again\n")
     print(f"initopt.report: {progress}", file=sys.stderr)
     print(f"wrote {page}", file=sys.stderr)
     return 0

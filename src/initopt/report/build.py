@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +17,7 @@ from initopt.report.settings import Settings, fixed_settings
 from initopt.report.stats import SD_LABEL
 from initopt.report.style import BAND_LABEL, Styles, save
 from initopt.report.tables import markdown_table, summarize, write_csv
+from initopt.signals import interrupt_deferred
 
 LR_KEYS = ("optim.lr", "lr")
 CAPTIONS = {
@@ -88,11 +94,35 @@ def load(sweep_dir: Path) -> Sweep:
     return Sweep(Path(sweep_dir), found, runs, keys, groups, settings, Styles(groups))
 
 
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A new folder beside ``out`` to write into; when the body ends, its files move into ``out``
+    (replacing those of the same name; Ctrl-C held back while they move), and on an error or Ctrl-C
+    it is removed: ``out`` holds a whole report, the earlier one or the new one, never a mix."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield stage
+        with interrupt_deferred():
+            out.mkdir(exist_ok=True)
+            for written in sorted(stage.iterdir()):
+                os.replace(written, out / written.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
-    """Write the report into ``out``; returns its page and the sentence saying which jobs it covers."""
+    """Write the report into ``out`` (through :func:`staged`); returns its page and the sentence
+    saying which jobs it covers."""
     sweep = load(sweep_dir)
-    groups, styles, title = sweep.groups, sweep.styles, sweep.settings.short
-    out.mkdir(parents=True, exist_ok=True)
+    with staged(out) as stage:
+        progress = write_report(sweep, stage, target)
+    return out / "report.md", progress
+
+
+def write_report(sweep: Sweep, out: Path, target: float) -> str:
+    """The tables, figures and page of ``sweep`` into the folder ``out``; the jobs' sentence."""
+    sweep_dir, groups, styles, title = sweep.path, sweep.groups, sweep.styles, sweep.settings.short
     rows = [summarize(g, target) for g in groups]
     table = markdown_table(rows, target)
     (out / "summary.md").write_text(table + "\n")
@@ -122,4 +152,4 @@ def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
             page += [f"## {heading}", "", CAPTIONS[name], "", f"![{heading}]({name})",
                      f"([SVG]({Path(name).with_suffix('.svg')}))", ""]
     (out / "report.md").write_text("\n".join(page))
-    return out / "report.md", progress
+    return progress
