@@ -16,8 +16,10 @@ def interrupt_deferred() -> Iterator[None]:
 
     For importing torch: its C++ initialisation calls back into Python, and a ``KeyboardInterrupt``
     raised in such a call aborts the process ("terminate called after throwing an instance of
-    'pybind11::error_already_set'", signal 6: 2 of 80 Ctrl-C sent 0-1 s into the import) or is
-    swallowed there. Outside the main thread (where no handler can be set) the body just runs.
+    'pybind11::error_already_set'" or "... 'python_error'", signal 6: every time the interrupt comes
+    as ``torch._C._c10d_init`` calls back into Python, see test_errors.py; 2 of 80 Ctrl-C sent at
+    random 0-1 s into the import beside a training run) or is swallowed there. Outside the main thread
+    (where no handler can be set) the body just runs.
     """
     received: list[int] = []
     try:
