@@ -367,7 +367,31 @@ def test_ctrl_c_while_drawing_leaves_the_earlier_report_whole_one_line_exit_130(
     code, err = _exit_and_stderr([str(sw), "--out", str(out)], capsys)
     assert code == 130 and err.count("\n") == 1 and "interrupted: nothing written" in err, err
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # not one file of the new report
-    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # and no half-written folder beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # and nothing half-written beside it
+
+
+def test_ctrl_c_before_a_first_report_leaves_no_folder(sweep, tmp_path, capsys, monkeypatch):
+    def ctrl_c(fig, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "save", ctrl_c)
+    code, _ = _exit_and_stderr([str(sweep[0]), "--out", str(tmp_path / "new" / "rep")], capsys)
+    assert code == 130 and not (tmp_path / "new" / "rep").exists()
+
+
+def test_the_report_is_drawn_inside_out_not_beside_it(sweep, tmp_path, monkeypatch):
+    """--out's parent may be read-only (a folder made for you): nothing is created beside --out."""
+    real_save, beside = build_module.save, []
+
+    def save_and_look(fig, path):
+        beside.append(sorted(p.name for p in tmp_path.iterdir()))
+        assert Path(path).parent.parent == tmp_path / "rep" and Path(path).parent.name.startswith(".")
+        return real_save(fig, path)
+
+    monkeypatch.setattr(build_module, "save", save_and_look)
+    assert report_main([str(sweep[0]), "--out", str(tmp_path / "rep")]) == 0
+    assert beside and all(names == ["rep"] for names in beside)
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]
 
 
 def test_a_new_report_replaces_the_earlier_ones_files(sweep, tmp_path):

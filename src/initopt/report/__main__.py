@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         page, progress = build(args.sweep_dir, out, args.target_accuracy)
     except NothingUsable as err:
         parser.exit(2, f"initopt.report: error: {err}\n")
-    except KeyboardInterrupt:  # build writes a whole report or nothing (initopt.report.build.staged)
+    except KeyboardInterrupt:  # build writes a whole report or none (initopt.report.build.staged)
         parser.exit(INTERRUPTED_EXIT, f"initopt.report: interrupted: nothing written, {str(out)!r} is as it "
                                       "was; run the same command again\n")
     print(f"initopt.report: {progress}", file=sys.stderr)

@@ -15,7 +15,7 @@ from initopt.report.collect import Group, Run, group_runs, runs_of, varying_keys
 from initopt.report.jobs import Inventory, inventory
 from initopt.report.settings import Settings, fixed_settings
 from initopt.report.stats import SD_LABEL
-from initopt.report.style import BAND_LABEL, Styles, save
+from initopt.report.style import BAND_LABEL, Styles, plt, save
 from initopt.report.tables import markdown_table, summarize, write_csv
 from initopt.signals import interrupt_deferred
 
@@ -96,19 +96,24 @@ def load(sweep_dir: Path) -> Sweep:
 
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """A new folder beside ``out`` to write into; when the body ends, its files move into ``out``
-    (replacing those of the same name; Ctrl-C held back while they move), and on an error or Ctrl-C
-    it is removed: ``out`` holds a whole report, the earlier one or the new one, never a mix."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    """A new hidden folder inside ``out`` to write into; when the body ends, its files move up into
+    ``out`` (replacing those of the same name; Ctrl-C held back while they move), and on an error or
+    Ctrl-C it is removed (and ``out`` too, if this made it): ``out`` holds a whole report, the earlier
+    one or the new one, never a mix. Inside, not beside: ``out``'s parent may be read-only."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    done = False
     try:
         yield stage
         with interrupt_deferred():
-            out.mkdir(exist_ok=True)
             for written in sorted(stage.iterdir()):
                 os.replace(written, out / written.name)
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if made and not done:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
@@ -146,10 +151,15 @@ def write_report(sweep: Sweep, out: Path, target: float) -> str:
             "**Fixed settings** (from the jobs' `.hydra/config.yaml`):", "", *sweep.settings.lines, "",
             *_optimizer_section([j.config for j in sweep.jobs.jobs if j.config], groups),
             "## Summary", "", table, ""]
-    for heading, name, fig in pictures:
-        if fig is not None:
-            save(fig, out / name)
-            page += [f"## {heading}", "", CAPTIONS[name], "", f"![{heading}]({name})",
-                     f"([SVG]({Path(name).with_suffix('.svg')}))", ""]
+    try:
+        for heading, name, fig in pictures:
+            if fig is not None:
+                save(fig, out / name)
+                page += [f"## {heading}", "", CAPTIONS[name], "", f"![{heading}]({name})",
+                         f"([SVG]({Path(name).with_suffix('.svg')}))", ""]
+    finally:  # an error or Ctrl-C part-way: the figures not saved yet are closed all the same
+        for _, _, fig in pictures:
+            if fig is not None:
+                plt().close(fig)
     (out / "report.md").write_text("\n".join(page))
     return progress
