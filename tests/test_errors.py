@@ -302,6 +302,19 @@ def test_interrupt_deferred_raises_after_the_body_and_restores_the_handler():
         pass
 
 
+def test_interrupt_deferred_leaves_an_ignored_sigint_ignored():
+    """A command started with SIGINT ignored (``cmd &`` in a script) is not made interruptible."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt_deferred():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    except KeyboardInterrupt:
+        pytest.fail("an ignored SIGINT was raised as KeyboardInterrupt")
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # ------------------------------------------------------------------------- seeds' ranges
 @pytest.mark.parametrize(("argv", "line"), [
     (["seed=18446744073709551616"], "seed=18446744073709551616 is not allowed: must be an integer in "

@@ -376,7 +376,7 @@ def test_ctrl_c_before_a_first_report_leaves_no_folder(sweep, tmp_path, capsys, 
 
     monkeypatch.setattr(build_module, "save", ctrl_c)
     code, _ = _exit_and_stderr([str(sweep[0]), "--out", str(tmp_path / "new" / "rep")], capsys)
-    assert code == 130 and not (tmp_path / "new" / "rep").exists()
+    assert code == 130 and not (tmp_path / "new").exists()
 
 
 def test_the_report_is_drawn_inside_out_not_beside_it(sweep, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ back while torch's libraries initialise."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,19 +19,19 @@ def interrupt_deferred() -> Iterator[None]:
     raised in such a call aborts the process ("terminate called after throwing an instance of
     'pybind11::error_already_set'" or "... 'python_error'", signal 6: every time the interrupt comes
     as ``torch._C._c10d_init`` calls back into Python, see test_errors.py; 2 of 80 Ctrl-C sent at
-    random 0-1 s into the import beside a training run) or is swallowed there. Outside the main thread
-    (where no handler can be set) the body just runs.
+    random 0-1 s into the import beside a training run) or is swallowed there. Where SIGINT is ignored,
+    or outside the main thread (where no handler can be set), the body just runs.
     """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        yield  # ignored SIGINT (a `cmd &` of a script) stays ignored; no handler outside the main thread
+        return
     received: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
-    except ValueError:  # not the main thread
-        previous = None
+    signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
     try:
         yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    finally:  # None: a handler not set from Python, which cannot be put back; the default then
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     if received:
         raise KeyboardInterrupt
 

@@ -98,9 +98,9 @@ def load(sweep_dir: Path) -> Sweep:
 def staged(out: Path) -> Iterator[Path]:
     """A new hidden folder inside ``out`` to write into; when the body ends, its files move up into
     ``out`` (replacing those of the same name; Ctrl-C held back while they move), and on an error or
-    Ctrl-C it is removed (and ``out`` too, if this made it): ``out`` holds a whole report, the earlier
+    Ctrl-C it is removed (and the folders this made for ``out``): ``out`` holds a whole report, the earlier
     one or the new one, never a mix. Inside, not beside: ``out``'s parent may be read-only."""
-    made = not out.exists()
+    made = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)  # the topmost new folder
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
     done = False
@@ -112,8 +112,8 @@ def staged(out: Path) -> Iterator[Path]:
         done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if made and not done:
-            shutil.rmtree(out, ignore_errors=True)
+        if made is not None and not done:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
