@@ -29,13 +29,20 @@ import time
 from pathlib import Path
 
 
+def torch_mapped(pid: int) -> bool:
+    """Whether process ``pid`` has mapped torch's libraries (False once it has ended)."""
+    try:
+        return "/torch/" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 def one_try(spread: float, steps: int) -> tuple[str, str]:
     """(how the command ended, its stderr) for one SIGINT sent ``uniform(0, spread)`` s into torch's import."""
     with tempfile.TemporaryDirectory() as folder:
         proc = subprocess.Popen([sys.executable, "-m", "initopt.train", f"steps={steps}", "hydra.run.dir=run"],
                                 cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        maps = Path(f"/proc/{proc.pid}/maps")
-        while proc.poll() is None and "/torch/" not in maps.read_text():
+        while proc.poll() is None and not torch_mapped(proc.pid):
             time.sleep(0.01)
         time.sleep(random.uniform(0, spread))
         proc.send_signal(signal.SIGINT)
