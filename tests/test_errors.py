@@ -290,6 +290,35 @@ def test_ctrl_c_inside_torchs_cpp_init_waits_for_it_then_is_one_line_and_exit_13
     assert not (tmp_path / "run").exists()  # no job started
 
 
+# python -c CTRL_C_AT_IMPORT NAME MODULE ARGS...: ``python -m MODULE ARGS``, with Ctrl-C pressed as
+# the module's imports look for NAME
+CTRL_C_AT_IMPORT = """
+import runpy, signal, sys
+name, module = sys.argv[1], sys.argv[2]
+class CtrlCAt:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == name:
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlCAt())
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(("name", "module", "args", "line"), [
+    ("hydra", "initopt.train", ["steps=2"], "initopt.train: interrupted outside training"),
+    ("numpy", "initopt.report", ["."], "initopt.report: interrupted: nothing written"),
+    ("numpy", "initopt.analytic", [], "initopt.analytic: interrupted"),
+], ids=["train", "report", "analytic"])
+def test_ctrl_c_while_a_command_imports_its_libraries_is_one_line_and_exit_130(tmp_path, name, module, args,
+                                                                            line):
+    proc = run_python("-c", CTRL_C_AT_IMPORT, name, module, *args, cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.startswith(line) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_interrupt_deferred_raises_after_the_body_and_restores_the_handler():
     finished = []
     with pytest.raises(KeyboardInterrupt):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -375,6 +376,46 @@ def test_ctrl_c_before_a_first_report_leaves_no_folder(sweep, tmp_path, capsys, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build_module, "save", ctrl_c)
+    code, _ = _exit_and_stderr([str(sweep[0]), "--out", str(tmp_path / "new" / "rep")], capsys)
+    assert code == 130 and not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_while_the_files_move_in_is_dropped_and_the_new_report_is_whole(sweep, tmp_path, monkeypatch):
+    """The moves are the report's last milliseconds: Ctrl-C then ends it as a moment later would."""
+    sw, earlier = sweep
+    out = tmp_path / "rep"
+    shutil.copytree(earlier, out)
+    (out / "summary.md").write_text("the earlier summary\n")
+    real_replace, moved = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        real_replace(src, dst)
+        moved.append(dst)
+        if len(moved) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(build_module.os, "replace", replace_then_ctrl_c)
+    assert report_main([str(sw), "--out", str(out), "--target-accuracy", "0.6"]) == 0
+    assert len(moved) > 1 and (out / "summary.md").read_bytes() == (earlier / "summary.md").read_bytes()
+    assert (out / "report.md").read_bytes() == (earlier / "report.md").read_bytes()
+
+
+def test_an_interrupted_report_leaves_another_reports_work_alone(tmp_path):
+    """Two reports into one new --out: the one interrupted removes its own folder only."""
+    out = tmp_path / "new" / "rep"
+    with pytest.raises(KeyboardInterrupt), build_module.staged(out) as stage:
+        theirs = out / ".partial-theirs"
+        theirs.mkdir()
+        (theirs / "summary.md").write_text("the other report's\n")
+        raise KeyboardInterrupt
+    assert not stage.exists() and (theirs / "summary.md").read_text() == "the other report's\n"
+
+
+def test_ctrl_c_as_the_staging_folder_is_made_leaves_no_folder(sweep, tmp_path, capsys, monkeypatch):
+    def ctrl_c(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module.tempfile, "mkdtemp", ctrl_c)
     code, _ = _exit_and_stderr([str(sweep[0]), "--out", str(tmp_path / "new" / "rep")], capsys)
     assert code == 130 and not (tmp_path / "new").exists()
 

@@ -12,20 +12,20 @@ the same steps (:mod:`initopt.sweep`).
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import shutil
 import sys
-from pathlib import Path
 
-from initopt.gcfreeze import collector_paused, exit_without_teardown, freeze_survivors
-from initopt.signals import INTERRUPTED_EXIT, interrupt_deferred
+from initopt.signals import INTERRUPTED_EXIT
 
 INTERRUPTED = ("initopt.train: interrupted outside training (nothing to checkpoint): no lock is left and nothing "
                "is half-written; rerun the same command to go on (finished jobs are kept)")
 
 try:  # Ctrl-C while importing is one line and exit 130, not an import traceback (torch: in main, below)
+    import os
+    import re
+    import shlex
+    import shutil
+    from pathlib import Path
+
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -34,7 +34,9 @@ try:  # Ctrl-C while importing is one line and exit 130, not an import traceback
     from initopt import hydra_compat
     from initopt.checks import user_error_line
     from initopt.config import ConfigError
+    from initopt.gcfreeze import collector_paused, exit_without_teardown, freeze_survivors
     from initopt.rundir import DirectoryInUse, release_held_locks
+    from initopt.signals import interrupt_deferred
     from initopt.sweep import summary
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)

@@ -7,3 +7,5 @@
 * :mod:`~initopt.analytic.claims`: the two side by side;
 * :mod:`~initopt.analytic.cli`: ``python -m initopt.analytic``.
 """
+
+INTERRUPTED = "initopt.analytic: interrupted"  # Ctrl-C's one line (the module's imports, then its work)

@@ -19,6 +19,7 @@ import sys
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+from initopt.analytic import INTERRUPTED
 from initopt.analytic import closed_form as cf
 from initopt.analytic import iterations as it
 from initopt.signals import INTERRUPTED_EXIT, interrupt_deferred
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _check_claims(args)
     except KeyboardInterrupt:
-        print("initopt.analytic: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return INTERRUPTED_EXIT
 
 

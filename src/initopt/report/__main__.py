@@ -18,9 +18,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from initopt.report.build import NothingUsable, build
-from initopt.rundir import creatable_problem
 from initopt.signals import INTERRUPTED_EXIT
+
+INTERRUPTED = "initopt.report: interrupted: nothing written, {out!r} is as it was; run the same command again"
+
+try:  # Ctrl-C while importing (matplotlib, numpy) is the same one line, not an import traceback
+    from initopt.report.build import NothingUsable, build
+    from initopt.rundir import creatable_problem
+except KeyboardInterrupt:
+    print(INTERRUPTED.format(out="--out"), file=sys.stderr)
+    raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except NothingUsable as err:
         parser.exit(2, f"initopt.report: error: {err}\n")
     except KeyboardInterrupt:  # build writes a whole report or none (initopt.report.build.staged)
-        parser.exit(INTERRUPTED_EXIT, f"initopt.report: interrupted: nothing written, {str(out)!r} is as it "
-                                      "was; run the same command again\n")
+        parser.exit(INTERRUPTED_EXIT, INTERRUPTED.format(out=str(out)) + "\n")
     print(f"initopt.report: {progress}", file=sys.stderr)
     print(f"wrote {page}", file=sys.stderr)
     return 0

@@ -97,23 +97,41 @@ def load(sweep_dir: Path) -> Sweep:
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A new hidden folder inside ``out`` to write into; when the body ends, its files move up into
-    ``out`` (replacing those of the same name; Ctrl-C held back while they move), and on an error or
-    Ctrl-C it is removed (and the folders this made for ``out``): ``out`` holds a whole report, the earlier
-    one or the new one, never a mix. Inside, not beside: ``out``'s parent may be read-only."""
-    made = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)  # the topmost new folder
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-    done = False
+    ``out``, replacing those of the same name: ``out`` holds a whole report, the earlier one or the
+    new one, never a mix. On an error or Ctrl-C in the body the folder is removed, and so are the
+    folders made for ``out`` if nothing else is in them (another report may be writing there).
+    Ctrl-C while the files move is held back and then dropped: the report is whole by then and the
+    command ends as it would have a moment later. Inside, not beside: ``out``'s parent may be
+    read-only."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
+    stage, done = None, False
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
         yield stage
-        with interrupt_deferred():
-            for written in sorted(stage.iterdir()):
-                os.replace(written, out / written.name)
+        try:
+            with interrupt_deferred():
+                for written in sorted(stage.iterdir()):
+                    os.replace(written, out / written.name)
+        except KeyboardInterrupt:
+            pass  # came while the files moved in: see above
         done = True
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if made is not None and not done:
-            shutil.rmtree(made, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Each folder, innermost first, while it exists and is empty (``os.rmdir`` refuses otherwise)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:  # never made (its mkdir was interrupted)
+            continue
+        except OSError:  # not empty: it and the folders above it stay
+            return
 
 
 def build(sweep_dir: Path, out: Path, target: float) -> tuple[Path, str]:
