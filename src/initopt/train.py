@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from initopt.signals import INTERRUPTED_EXIT
+from initopt.signals import exit_interrupted
 
 INTERRUPTED = ("initopt.train: interrupted outside training (nothing to checkpoint): no lock is left and nothing "
                "is half-written; rerun the same command to go on (finished jobs are kept)")
@@ -39,8 +39,7 @@ try:  # Ctrl-C while importing is one line and exit 130, not an import traceback
     from initopt.signals import interrupt_deferred
     from initopt.sweep import summary
 except KeyboardInterrupt:
-    print(INTERRUPTED, file=sys.stderr)
-    raise SystemExit(INTERRUPTED_EXIT) from None
+    exit_interrupted(INTERRUPTED)
 
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", resume_hint: str = "",
@@ -194,8 +193,7 @@ def main() -> None:
         hydra_main()
     except KeyboardInterrupt:
         release_held_locks()
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)
+        exit_interrupted(INTERRUPTED)
     code = summary.finish()  # a sweep's summary line; 3 when some job failed
     if code:
         sys.exit(code)

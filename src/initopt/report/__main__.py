@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from initopt.signals import INTERRUPTED_EXIT
+from initopt.signals import exit_interrupted
 
 INTERRUPTED = "initopt.report: interrupted: nothing written, {out!r} is as it was; run the same command again"
 
@@ -26,8 +26,7 @@ try:  # Ctrl-C while importing (matplotlib, numpy) is the same one line, not an 
     from initopt.report.build import NothingUsable, build
     from initopt.rundir import creatable_problem
 except KeyboardInterrupt:
-    print(INTERRUPTED.format(out="--out"), file=sys.stderr)
-    raise SystemExit(INTERRUPTED_EXIT) from None
+    exit_interrupted(INTERRUPTED.format(out="--out"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except NothingUsable as err:
         parser.exit(2, f"initopt.report: error: {err}\n")
     except KeyboardInterrupt:  # build writes a whole report or none (initopt.report.build.staged)
-        parser.exit(INTERRUPTED_EXIT, INTERRUPTED.format(out=str(out)) + "\n")
+        exit_interrupted(INTERRUPTED.format(out=str(out)))
     print(f"initopt.report: {progress}", file=sys.stderr)
     print(f"wrote {page}", file=sys.stderr)
     return 0

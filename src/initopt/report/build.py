@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,12 +109,9 @@ def staged(out: Path) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
         yield stage
-        try:
-            with interrupt_deferred():
-                for written in sorted(stage.iterdir()):
-                    os.replace(written, out / written.name)
-        except KeyboardInterrupt:
-            pass  # came while the files moved in: see above
+        with suppress(KeyboardInterrupt), interrupt_deferred():  # Ctrl-C as the files move: see above
+            for written in sorted(stage.iterdir()):
+                os.replace(written, out / written.name)
         done = True
     finally:
         if stage is not None:
